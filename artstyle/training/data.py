@@ -1,0 +1,93 @@
+"""Reproducible data order and augmentations for exact resume and any number of processes.
+
+- `EpochSeededSampler`: a shuffle that depends only on ``(seed, epoch)``; ``accelerate`` shards its
+  batches over processes and ``skip_first_batches`` skips the ones already seen on resume.
+- `SeededItems`: runs each item's (random) transform under an RNG seeded by
+  ``(seed, epoch, index)``, so an image's two views are the same whether it is loaded by the main
+  process or a worker, on rank 0 or rank 3, in an uninterrupted or a resumed run. The global RNG
+  states (torch CPU, ``random``, numpy) are restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+__all__ = ["EpochSeededSampler", "SeededItems", "item_seed", "seeded_rng"]
+
+_MASK = (1 << 63) - 1
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for one item, mixing the three integers (splitmix64-style)."""
+    x = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB) & ((1 << 64) - 1)
+    x ^= x >> 31
+    x = (x * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
+    x ^= x >> 27
+    return x & _MASK
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int):
+    """Seed torch's CPU generator, ``random`` and numpy inside the block; restore them after."""
+    torch_state = torch.random.get_rng_state()
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    torch.random.default_generator.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed & 0xFFFFFFFF)
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(torch_state)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
+class SeededItems(Dataset):
+    """Wrap a map-style dataset so that item ``i`` of epoch ``e`` is produced under
+    ``seeded_rng(item_seed(seed, e, i))``. Call `set_epoch` before each epoch."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset = dataset
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        with seeded_rng(item_seed(self.seed, self.epoch, int(index))):
+            return self.dataset[index]
+
+
+class EpochSeededSampler(Sampler[int]):
+    """Random permutation of ``range(num_samples)`` that depends only on ``(seed, epoch)``.
+
+    Deliberately not a ``RandomSampler`` and without a ``generator`` attribute, so that
+    ``accelerate`` neither replaces it nor synchronises RNG states through it.
+    """
+
+    def __init__(self, num_samples: int, seed: int):
+        if num_samples <= 0:
+            raise ValueError(f"the training dataset is empty (num_samples={num_samples})")
+        self.num_samples = int(num_samples)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        rng = torch.Generator().manual_seed(item_seed(self.seed, self.epoch, -1) & _MASK)
+        yield from torch.randperm(self.num_samples, generator=rng).tolist()
