@@ -1,0 +1,289 @@
+"""Configuration of the artstyle models (``model_type = "artstyle"``)."""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+
+from transformers import PretrainedConfig
+
+_POOLERS = ("cls", "fused", "fused_style")
+_SOFT_MODES = ("soft", "ascl")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@lru_cache(maxsize=32)
+def backbone_depth_and_width(backbone: str, depth: int | None) -> tuple[int, int]:
+    """Number of blocks and embedding width of a timm ViT, read from a meta-device instance (no memory, no download).
+
+    Raises ``ValueError`` naming the ``backbone`` field when timm does not know the name or the model is not a ViT.
+    """
+    import timm
+    import torch
+
+    if not timm.is_model(backbone):
+        raise ValueError(
+            f"`backbone`: unknown timm model {backbone!r}; pick a ViT from timm.list_models('vit_*'), "
+            "e.g. 'vit_tiny_patch16_224', 'vit_small_patch16_224' or 'vit_base_patch16_224'."
+        )
+    kwargs = {"num_classes": 0}
+    if depth is not None:
+        kwargs["depth"] = depth
+    with torch.device("meta"):
+        model = timm.create_model(backbone, pretrained=False, **kwargs)
+    if not hasattr(model, "blocks") or not hasattr(model, "forward_intermediates"):
+        raise ValueError(f"`backbone`: {backbone!r} is not a timm VisionTransformer "
+                         "(needs blocks + forward_intermediates)")
+    return len(model.blocks), int(model.embed_dim)
+
+
+class ArtStyleConfig(PretrainedConfig):
+    r"""Configuration of [`ArtStyleModel`], [`ArtStyleForPretraining`] and [`ArtStyleForImageClassification`].
+
+    Backbone
+        backbone (`str`, default `"vit_base_patch16_224"`): timm ViT name; built from scratch (no download).
+        backbone_depth (`int | None`, default `None`): override of the number of blocks (None = timm's).
+        backbone_pretrained (`str | None`, default `None`): timm name or local file (.safetensors/.pth) whose
+            weights initialise a freshly built backbone (see `ArtStyleModel.load_backbone_weights`).
+        image_size (`int`, default 224): input resolution. patch_size (`int`, default 16): ViT patch size.
+        drop_path_rate (`float`, default 0.0): stochastic depth of the backbone.
+        image_mean / image_std (`list[float]`, ImageNet statistics): normalisation of the image processor.
+    Attention-guided layer fusion (DESIGN §1.1)
+        fusion_layers (`list[int] | None`, default `None` = every block): block indices (negative allowed) whose CLS
+            tokens are fused by self-attention across layers.
+        fusion_num_heads (`int`, default 4): heads of the cross-layer attention and attention pooling.
+        layer_head_dim (`int`, default 256): hidden width of the light per-layer projectors (layer-wise contrast).
+    Learnable Gram module (§1.2)
+        gram_layer (`int`, default -1): block whose patch tokens give the Gram matrix (negative allowed).
+        gram_dim (`int`, default 64): channels C of the two learned maps; the Gram matrix is C×C.
+        style_dim (`int`, default 256): width of the style vector projected from the flattened Gram matrix.
+    Representation (§1.3)
+        pooler (`str`, default `"cls"`): `"cls"` | `"fused"` | `"fused_style"` — the `pooler_output`.
+    Heads and queue (§1.4, §1.5)
+        projection_dim (`int`, default 256): output width of projector G, predictor h and distillation heads.
+        projection_hidden_dim (`int`, default 4096): hidden width of the MoCo v3 projector/predictor.
+        distill_layers (`list[int] | None`, default `None` = every block): student blocks distilled from the teacher.
+        distill_hidden_dim (`int`, default 256): hidden width of the light distillation heads.
+        queue_size (`int`, default 4096): teacher keys kept as negatives; 0 = in-batch negatives (MoCo v3).
+            Keep it well below the number of training images (e.g. ≤ 1/4 of it): a queue close to the dataset
+            size holds older keys of the same image among its negatives.
+    Temperatures and soft targets
+        tau_student (0.2), tau_teacher (0.1), tau_layerwise (0.2), tau_distill (0.2): positive floats.
+        soft_alpha (`float` in [0, 1], default 0.5): weight of the one-hot positive in the soft target (1 = InfoNCE).
+        soft_mode (`str`, default `"soft"`): `"soft"` | `"ascl"` (neighbour mass scaled by teacher confidence).
+    Loss weights (a weight of 0 switches the component off and skips its compute)
+        weight_contrastive (1.0), weight_layerwise (0.5), weight_distill (0.5), weight_gram (1.0): non-negative.
+    Teacher
+        momentum_base (`float`, default 0.99): EMA momentum at step 0; the schedule rises to `momentum_final` (1.0).
+    """
+
+    model_type = "artstyle"
+
+    def __init__(
+        self,
+        backbone: str = "vit_base_patch16_224",
+        backbone_depth: int | None = None,
+        backbone_pretrained: str | None = None,
+        image_size: int = 224,
+        patch_size: int = 16,
+        drop_path_rate: float = 0.0,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
+        fusion_layers: list[int] | None = None,
+        fusion_num_heads: int = 4,
+        layer_head_dim: int = 256,
+        gram_layer: int = -1,
+        gram_dim: int = 64,
+        style_dim: int = 256,
+        pooler: str = "cls",
+        projection_dim: int = 256,
+        projection_hidden_dim: int = 4096,
+        distill_layers: list[int] | None = None,
+        distill_hidden_dim: int = 256,
+        queue_size: int = 4096,
+        tau_student: float = 0.2,
+        tau_teacher: float = 0.1,
+        tau_layerwise: float = 0.2,
+        tau_distill: float = 0.2,
+        soft_alpha: float = 0.5,
+        soft_mode: str = "soft",
+        weight_contrastive: float = 1.0,
+        weight_layerwise: float = 0.5,
+        weight_distill: float = 0.5,
+        weight_gram: float = 1.0,
+        momentum_base: float = 0.99,
+        momentum_final: float = 1.0,
+        initializer_range: float = 0.02,
+        **kwargs,
+    ):
+        self.backbone = backbone
+        self.backbone_depth = backbone_depth
+        self.backbone_pretrained = backbone_pretrained
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.drop_path_rate = drop_path_rate
+        self.image_mean = list(image_mean) if image_mean is not None else list(IMAGENET_MEAN)
+        self.image_std = list(image_std) if image_std is not None else list(IMAGENET_STD)
+        self.fusion_layers = list(fusion_layers) if fusion_layers is not None else None
+        self.fusion_num_heads = fusion_num_heads
+        self.layer_head_dim = layer_head_dim
+        self.gram_layer = gram_layer
+        self.gram_dim = gram_dim
+        self.style_dim = style_dim
+        self.pooler = pooler
+        self.projection_dim = projection_dim
+        self.projection_hidden_dim = projection_hidden_dim
+        self.distill_layers = list(distill_layers) if distill_layers is not None else None
+        self.distill_hidden_dim = distill_hidden_dim
+        self.queue_size = queue_size
+        self.tau_student = tau_student
+        self.tau_teacher = tau_teacher
+        self.tau_layerwise = tau_layerwise
+        self.tau_distill = tau_distill
+        self.soft_alpha = soft_alpha
+        self.soft_mode = soft_mode
+        self.weight_contrastive = weight_contrastive
+        self.weight_layerwise = weight_layerwise
+        self.weight_distill = weight_distill
+        self.weight_gram = weight_gram
+        self.momentum_base = momentum_base
+        self.momentum_final = momentum_final
+        self.initializer_range = initializer_range
+        super().__init__(**kwargs)
+        self.validate_artstyle()
+
+    # ------------------------------------------------------------------ validation and derived values
+    def validate_artstyle(self) -> None:
+        """Check every field; raise ``ValueError`` naming the first bad one."""
+        for name in ("tau_student", "tau_teacher", "tau_layerwise", "tau_distill"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive number, got {value!r}")
+        if not 0.0 <= float(self.soft_alpha) <= 1.0:
+            raise ValueError(f"`soft_alpha` must lie in [0, 1], got {self.soft_alpha!r}")
+        if self.soft_mode not in _SOFT_MODES:
+            raise ValueError(f"`soft_mode` must be one of {_SOFT_MODES}, got {self.soft_mode!r}")
+        if self.pooler not in _POOLERS:
+            raise ValueError(f"`pooler` must be one of {_POOLERS}, got {self.pooler!r}")
+        for name in ("weight_contrastive", "weight_layerwise", "weight_distill", "weight_gram"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"`{name}` must be a non-negative number, got {value!r}")
+        if not isinstance(self.queue_size, int) or self.queue_size < 0:
+            raise ValueError(f"`queue_size` must be a non-negative integer, got {self.queue_size!r}")
+        for name in ("gram_dim", "style_dim", "projection_dim", "projection_hidden_dim", "layer_head_dim",
+                     "distill_hidden_dim", "fusion_num_heads", "image_size", "patch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer (>= 1), got {value!r}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"`image_size` ({self.image_size}) must be divisible by `patch_size` ({self.patch_size})")
+        if not 0.0 <= float(self.drop_path_rate) < 1.0:
+            raise ValueError(f"`drop_path_rate` must lie in [0, 1), got {self.drop_path_rate!r}")
+        if not 0.0 <= float(self.momentum_base) <= float(self.momentum_final) <= 1.0:
+            raise ValueError(
+                f"`momentum_base` ({self.momentum_base}) and `momentum_final` ({self.momentum_final}) must satisfy "
+                "0 <= momentum_base <= momentum_final <= 1"
+            )
+        if self.backbone_depth is not None and (not isinstance(self.backbone_depth, int) or self.backbone_depth < 1):
+            raise ValueError(f"`backbone_depth` must be a positive integer or None, got {self.backbone_depth!r}")
+        depth, width = backbone_depth_and_width(self.backbone, self.backbone_depth)
+        for name in ("fusion_layers", "distill_layers"):
+            layers = getattr(self, name)
+            if layers is None:
+                continue
+            if len(layers) == 0:
+                raise ValueError(f"`{name}` must name at least one block (or be None for every block)")
+            self._check_layers(name, layers, depth)
+        self._check_layers("gram_layer", [self.gram_layer], depth)
+        if width % self.fusion_num_heads:
+            raise ValueError(f"`fusion_num_heads` ({self.fusion_num_heads}) must divide the backbone width ({width})")
+
+    @staticmethod
+    def _check_layers(name: str, layers: list[int], depth: int) -> None:
+        for index in layers:
+            if not isinstance(index, int) or not -depth <= index < depth:
+                raise ValueError(f"`{name}`: block index {index!r} is outside the backbone depth {depth} "
+                                 f"(valid: {-depth}..{depth - 1})")
+        resolved = [i % depth for i in layers]
+        if len(set(resolved)) != len(resolved):
+            raise ValueError(f"`{name}` names the same block twice: {layers}")
+
+    @property
+    def num_blocks(self) -> int:
+        return backbone_depth_and_width(self.backbone, self.backbone_depth)[0]
+
+    @property
+    def hidden_size(self) -> int:
+        return backbone_depth_and_width(self.backbone, self.backbone_depth)[1]
+
+    def resolved_fusion_layers(self) -> list[int]:
+        """Block indices of the fusion, non-negative and sorted."""
+        return self._resolve(self.fusion_layers)
+
+    def resolved_distill_layers(self) -> list[int]:
+        return self._resolve(self.distill_layers)
+
+    def resolved_gram_layer(self) -> int:
+        return self.gram_layer % self.num_blocks
+
+    def _resolve(self, layers: list[int] | None) -> list[int]:
+        depth = self.num_blocks
+        return list(range(depth)) if layers is None else sorted(i % depth for i in layers)
+
+    @property
+    def uses_fusion(self) -> bool:
+        """The layer fusion exists when the layer-wise contrast or the pooler needs it."""
+        return self.weight_layerwise > 0 or self.pooler in ("fused", "fused_style")
+
+    @property
+    def uses_gram(self) -> bool:
+        return self.weight_gram > 0 or self.pooler == "fused_style"
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def tiny(cls, **overrides) -> ArtStyleConfig:
+        """ViT-tiny, 64 px, patch 8 (64 tokens): for tests and the demo on CPU."""
+        values = dict(
+            backbone="vit_tiny_patch16_224", image_size=64, patch_size=8, fusion_num_heads=3, layer_head_dim=128,
+            gram_dim=32, style_dim=128, projection_dim=128, projection_hidden_dim=512, distill_hidden_dim=128,
+            queue_size=1024,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def vit_small(cls, **overrides) -> ArtStyleConfig:
+        """Paper scale, ViT-S/16 at 224 px (MoCo v3 head sizes)."""
+        values = dict(backbone="vit_small_patch16_224", image_size=224, patch_size=16, fusion_num_heads=6,
+                      drop_path_rate=0.1)
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def vit_base(cls, **overrides) -> ArtStyleConfig:
+        """Paper scale, ViT-B/16 at 224 px (MoCo v3 head sizes)."""
+        values = dict(backbone="vit_base_patch16_224", image_size=224, patch_size=16, fusion_num_heads=8,
+                      drop_path_rate=0.1)
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> ArtStyleConfig:
+        presets = {"tiny": cls.tiny, "vit_small": cls.vit_small, "vit_base": cls.vit_base}
+        if name not in presets:
+            raise ValueError(f"`config_preset`: unknown preset {name!r}; choose one of {sorted(presets)}")
+        return presets[name](**overrides)
+
+    def moco_v3_baseline(self) -> ArtStyleConfig:
+        """A copy with the MoCo v3 baseline settings: only the hard contrastive loss, CLS pooler."""
+        other = copy.deepcopy(self)
+        other.weight_layerwise = other.weight_distill = other.weight_gram = 0.0
+        other.soft_alpha = 1.0
+        other.pooler = "cls"
+        other.validate_artstyle()
+        return other
+
+
+__all__ = ["ArtStyleConfig"]

@@ -1,0 +1,473 @@
+"""artstyle models: a timm ViT with attention-guided layer fusion and a learnable Gram style module, its
+self-supervised pretraining wrapper (momentum teacher, soft contrast with a queue, layer-wise contrast, multi-layer
+self-distillation, Gram loss) and an image classifier.
+
+Reads top-down: backbone → encoder outputs → pretrained base → base model → pretraining → classification.
+Imports only torch / transformers / timm and sibling modules (relative), so a saved folder loads with
+``trust_remote_code=True`` where the ``artstyle`` package is not installed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.utils import ModelOutput
+
+from .configuration_artstyle import ArtStyleConfig
+from .fusion import AttentionLayerFusion, LayerNormPerLayer, LearnableGram
+from .heads import PerLayerMLP, PredictorHead, ProjectorHead
+from .losses import GramMSELoss, InfoNCELoss, SoftContrastiveLoss, gather_from_all
+
+
+# ---------------------------------------------------------------------------------------------- backbone
+def build_backbone(config: ArtStyleConfig) -> VisionTransformer:
+    """The timm ViT of ``config``, built from scratch (never downloads); classifier head removed."""
+    kwargs = dict(num_classes=0, img_size=config.image_size, patch_size=config.patch_size,
+                  drop_path_rate=config.drop_path_rate)
+    if config.backbone_depth is not None:
+        kwargs["depth"] = config.backbone_depth
+    return timm.create_model(config.backbone, pretrained=False, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+@dataclass
+class ArtStyleModelOutput(ModelOutput):
+    """Output of [`ArtStyleModel`].
+
+    last_hidden_state (`[B, N, D]`): final normalised tokens of the ViT (prefix tokens first).
+    pooler_output (`[B, D]`): the representation chosen by `config.pooler` (classification, features, search).
+    style_embedding (`[B, style_dim]`): style vector of the learnable Gram module (pooler `"fused_style"` only).
+    fusion_weights (`[B, L, L]`): cross-layer attention weights of the fusion (row = attending layer).
+    fusion_pool_weights (`[B, L]`): which layers the attention pooling drew on (pooler `"fused"`/`"fused_style"`).
+    gram (`[B, C, C]`): normalised learnable Gram matrix (when the Gram module exists).
+    hidden_states (tuple of `[B, N, D]`): every block's output, when `output_hidden_states=True`.
+    """
+
+    last_hidden_state: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+    style_embedding: torch.Tensor | None = None
+    fusion_weights: torch.Tensor | None = None
+    fusion_pool_weights: torch.Tensor | None = None
+    gram: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class ArtStylePretrainingOutput(ModelOutput):
+    """Output of [`ArtStyleForPretraining`]: the weighted total and every term (float32 scalars; 0 when off).
+
+    loss: total; loss_contrastive: similarity-aware soft contrast (queue); loss_layerwise: attention-guided layer-wise
+    contrast; loss_distill: multi-layer self-distillation; loss_gram: Gram MSE.
+    pooler_output (`[B, D]`): student representation of the first view (for monitoring).
+    fusion_pool_weights / fusion_weights: student attention weights of the first view (for plots).
+    """
+
+    loss: torch.Tensor | None = None
+    loss_contrastive: torch.Tensor | None = None
+    loss_layerwise: torch.Tensor | None = None
+    loss_distill: torch.Tensor | None = None
+    loss_gram: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+    fusion_weights: torch.Tensor | None = None
+    fusion_pool_weights: torch.Tensor | None = None
+
+
+@dataclass
+class _Encoded:
+    """Everything one backbone pass yields, internal to this file."""
+
+    output: ArtStyleModelOutput
+    layer_cls: dict[int, torch.Tensor]  # block index → CLS token [B, D] (pre-norm block output)
+    fused: torch.Tensor | None  # [B, L_fusion, D]
+
+
+# ---------------------------------------------------------------------------------------------- base class
+class ArtStylePreTrainedModel(PreTrainedModel):
+    config_class = ArtStyleConfig
+    config: ArtStyleConfig
+    base_model_prefix = "artstyle"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _no_split_modules = ["ArtStyleModel"]
+    _supports_sdpa = True
+    _auto_map = {
+        "AutoConfig": "configuration_artstyle.ArtStyleConfig",
+        "AutoModel": "modeling_artstyle.ArtStyleModel",
+        "AutoModelForPreTraining": "modeling_artstyle.ArtStyleForPretraining",
+        "AutoModelForImageClassification": "modeling_artstyle.ArtStyleForImageClassification",
+    }
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """``PreTrainedModel.save_pretrained`` (safetensors) with an ``auto_map`` naming every artstyle class, so the
+        folder of any of the three models loads through any of the Auto classes with ``trust_remote_code=True``."""
+        if kwargs.get("safe_serialization") is False:
+            raise ValueError("artstyle checkpoints are saved as safetensors only (`safe_serialization=False` given)")
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._auto_map}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, VisionTransformer):
+            if module.pos_embed is not None:
+                init.trunc_normal_(module.pos_embed, std=std)
+            if module.cls_token is not None:
+                init.normal_(module.cls_token, std=1e-6)
+            if getattr(module, "reg_token", None) is not None:
+                init.normal_(module.reg_token, std=1e-6)
+        elif isinstance(module, PerLayerMLP):
+            for weight in (module.weight1, module.weight2):
+                init.trunc_normal_(weight, std=weight.shape[1] ** -0.5)
+            init.zeros_(module.bias1)
+            init.zeros_(module.bias2)
+        elif isinstance(module, LayerNormPerLayer):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, AttentionLayerFusion):
+            init.trunc_normal_(module.layer_embedding, std=std)
+            if module.pool_query is not None:
+                init.trunc_normal_(module.pool_query, std=std)
+        elif isinstance(module, ArtStyleForPretraining) and module.queue is not None:
+            init.copy_(module.queue, F.normalize(torch.randn_like(module.queue, device="cpu"), dim=1))
+            init.zeros_(module.queue_ptr)
+
+
+# ---------------------------------------------------------------------------------------------- base model
+class ArtStyleModel(ArtStylePreTrainedModel):
+    """ViT backbone + attention-guided layer fusion + learnable Gram module → ``pooler_output`` (DESIGN §1.1–1.3).
+
+    The backbone runs ONCE per call (timm ``forward_intermediates``); fusion and Gram read its hidden states.
+    """
+
+    def __init__(self, config: ArtStyleConfig):
+        super().__init__(config)
+        self.backbone = build_backbone(config)
+        dim = self.backbone.embed_dim
+        self.fusion_layers = config.resolved_fusion_layers()
+        self.gram_layer = config.resolved_gram_layer()
+        fused_pooler = config.pooler in ("fused", "fused_style")
+        self.fusion = (AttentionLayerFusion(len(self.fusion_layers), dim, config.fusion_num_heads, fused_pooler)
+                       if config.uses_fusion else None)
+        style_dim = config.style_dim if config.pooler == "fused_style" else None
+        self.gram = LearnableGram(dim, config.gram_dim, style_dim) if config.uses_gram else None
+        if config.pooler == "fused_style":
+            self.pooler_norm = nn.LayerNorm(dim + config.style_dim, eps=1e-6)
+            self.pooler_proj = nn.Linear(dim + config.style_dim, dim)
+        self.post_init()
+
+    @property
+    def hidden_size(self) -> int:
+        return self.backbone.embed_dim
+
+    def load_backbone_weights(self, source: str) -> None:
+        """Initialise the backbone from timm pretrained weights: a timm model name (downloads through timm, needs the
+        Hub) or a local ``.safetensors`` / ``.pth`` file holding a timm ViT state dict. Position embeddings are
+        resampled to ``image_size`` by timm; a classifier head in the file is ignored.
+        """
+        import os
+
+        from timm.models import load_checkpoint
+
+        if os.path.isfile(source):
+            load_checkpoint(self.backbone, source, strict=False, filter_fn=_timm_checkpoint_filter(self.backbone))
+            return
+        if os.path.sep in source or source.endswith((".pth", ".safetensors", ".bin")):
+            raise FileNotFoundError(f"`backbone_pretrained`: file {source!r} does not exist")
+        kwargs = dict(num_classes=0, img_size=self.config.image_size, patch_size=self.config.patch_size)
+        if self.config.backbone_depth is not None:
+            kwargs["depth"] = self.config.backbone_depth
+        pretrained = timm.create_model(source, pretrained=True, **kwargs)
+        self.backbone.load_state_dict(pretrained.state_dict())
+
+    def encode(self, pixel_values: torch.Tensor, extra_layers: tuple[int, ...] = (),
+               output_hidden_states: bool = False) -> _Encoded:
+        """One backbone pass; the CLS tokens of ``extra_layers`` are returned for the pretraining heads."""
+        backbone = self.backbone
+        wanted = set(extra_layers)
+        if self.fusion is not None:
+            wanted.update(self.fusion_layers)
+        if self.gram is not None:
+            wanted.add(self.gram_layer)
+        if output_hidden_states:
+            wanted.update(range(len(backbone.blocks)))
+        if wanted:
+            indices = sorted(wanted)
+            final, intermediates = backbone.forward_intermediates(
+                pixel_values, indices=indices, return_prefix_tokens=True, output_fmt="NLC")
+            by_layer = dict(zip(indices, intermediates))  # index → (patch tokens, prefix tokens)
+        else:
+            final, by_layer = backbone.forward_features(pixel_values), {}
+        layer_cls = {index: prefix[:, 0] for index, (_, prefix) in by_layer.items()}
+
+        output = ArtStyleModelOutput(last_hidden_state=final)
+        fused = pooled_fused = None
+        if self.fusion is not None:
+            layer_tokens = torch.stack([layer_cls[i] for i in self.fusion_layers], dim=1)
+            fused, output.fusion_weights, pooled_fused, output.fusion_pool_weights = self.fusion(layer_tokens)
+        if self.gram is not None:
+            output.gram, output.style_embedding = self.gram(by_layer[self.gram_layer][0])
+        if self.config.pooler == "cls":
+            output.pooler_output = backbone.forward_head(final, pre_logits=True)
+        elif self.config.pooler == "fused":
+            output.pooler_output = pooled_fused
+        else:
+            style = output.style_embedding.to(pooled_fused.dtype)
+            output.pooler_output = self.pooler_proj(self.pooler_norm(torch.cat([pooled_fused, style], dim=-1)))
+        if output_hidden_states:
+            output.hidden_states = tuple(torch.cat([by_layer[i][1], by_layer[i][0]], dim=1)
+                                         for i in range(len(backbone.blocks)))
+        return _Encoded(output=output, layer_cls=layer_cls, fused=fused)
+
+    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None,
+                return_dict: bool | None = None, **kwargs) -> ArtStyleModelOutput:
+        encoded = self.encode(pixel_values, output_hidden_states=bool(output_hidden_states))
+        return encoded.output if return_dict is not False else encoded.output.to_tuple()
+
+
+def _timm_checkpoint_filter(backbone: VisionTransformer):
+    """Drop classifier weights and resample position embeddings of a timm checkpoint to ``backbone``."""
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    def filter_fn(state_dict, model):
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
+        return checkpoint_filter_fn(state_dict, backbone)
+
+    return filter_fn
+
+
+# ---------------------------------------------------------------------------------------------- pretraining
+class ArtStyleForPretraining(ArtStylePreTrainedModel):
+    """Self-supervised pretraining of [`ArtStyleModel`] (DESIGN §1): student, momentum teacher, heads, queue.
+
+    ``forward(pixel_values, pixel_values_2, momentum)``: optional EMA update of the teacher, ONE backbone pass per
+    view for the student and one for the teacher (no grad), every enabled loss computed symmetrically, then (training
+    mode) the gathered teacher keys of the second view are enqueued. Losses are float32 whatever the autocast dtype.
+    """
+
+    _keys_to_ignore_on_load_unexpected = [r"^classifier\."]
+
+    def __init__(self, config: ArtStyleConfig):
+        super().__init__(config)
+        self.artstyle = ArtStyleModel(config)
+        dim, proj = self.artstyle.hidden_size, config.projection_dim
+        self.fusion_layers = config.resolved_fusion_layers()
+        self.distill_layers = config.resolved_distill_layers()
+        self.projector = ProjectorHead(dim, config.projection_hidden_dim, proj)
+        self.predictor = PredictorHead(proj, config.projection_hidden_dim)
+        self.layer_projector = (PerLayerMLP(len(self.fusion_layers), dim, config.layer_head_dim, proj)
+                                if config.weight_layerwise > 0 else None)
+        if config.weight_distill > 0:
+            self.distill_projector = PerLayerMLP(len(self.distill_layers), dim, config.distill_hidden_dim, proj)
+            self.distill_predictor = PerLayerMLP(len(self.distill_layers), proj, config.distill_hidden_dim, proj)
+        else:
+            self.distill_projector = self.distill_predictor = None
+        # the teacher twins every student part that sees the teacher's input; predictor and distill heads have none
+        teacher = {"artstyle": ArtStyleModel(config), "projector": ProjectorHead(dim, config.projection_hidden_dim,
+                                                                                   proj)}
+        if self.layer_projector is not None:
+            teacher["layer_projector"] = PerLayerMLP(len(self.fusion_layers), dim, config.layer_head_dim, proj)
+        self.teacher = nn.ModuleDict(teacher)
+        self.teacher.requires_grad_(False)
+        if config.queue_size > 0:
+            self.register_buffer("queue", F.normalize(torch.randn(config.queue_size, proj), dim=1))
+        else:
+            self.queue = None
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+        self.soft_contrastive = SoftContrastiveLoss(config.tau_student, config.tau_teacher, config.soft_alpha,
+                                                    config.soft_mode)
+        self.layerwise_nce = InfoNCELoss(config.tau_layerwise)
+        self.distill_nce = InfoNCELoss(config.tau_distill)
+        self.gram_mse = GramMSELoss()
+        self.post_init()
+        self.copy_student_to_teacher()
+
+    # -------------------------------------------------------------------------------------------- teacher
+    def _student_teacher_pairs(self):
+        for name, teacher_module in self.teacher.items():
+            yield getattr(self, name), teacher_module
+
+    @torch.no_grad()
+    def copy_student_to_teacher(self) -> None:
+        """Teacher := student (at construction, and after loading a checkpoint without teacher weights)."""
+        for student, teacher in self._student_teacher_pairs():
+            for s, t in zip(student.parameters(), teacher.parameters()):
+                if s.device.type != "meta":
+                    t.copy_(s)
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """EMA: ``teacher = momentum·teacher + (1 - momentum)·student``, every twin module at once."""
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"`momentum` must lie in [0, 1], got {momentum}")
+        teacher_params, student_params = [], []
+        for student, teacher in self._student_teacher_pairs():
+            teacher_params += list(teacher.parameters())
+            student_params += [p.detach() for p in student.parameters()]
+        torch._foreach_lerp_(teacher_params, student_params, 1.0 - momentum)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher["artstyle"].eval()  # no drop path / dropout in the teacher backbone; heads keep batch-stat BN
+        return self
+
+    # -------------------------------------------------------------------------------------------- per view
+    def _views(self, pixel_values: torch.Tensor, *, teacher: bool) -> dict[str, torch.Tensor | None]:
+        config = self.config
+        encoder = self.teacher["artstyle"] if teacher else self.artstyle
+        extra = tuple(self.distill_layers) if (not teacher and self.distill_projector is not None) else ()
+        encoded = encoder.encode(pixel_values, extra_layers=extra)
+        out = encoded.output
+        views: dict[str, torch.Tensor | None] = {"output": out}
+        projector = self.teacher["projector"] if teacher else self.projector
+        needs_key = config.weight_contrastive > 0 or (teacher and config.weight_distill > 0)
+        if needs_key:
+            z = projector(out.pooler_output)
+            views["key"] = F.normalize((z if teacher else self.predictor(z)).float(), dim=-1)
+        if config.weight_layerwise > 0:
+            layer_projector = self.teacher["layer_projector"] if teacher else self.layer_projector
+            views["layers"] = F.normalize(layer_projector(encoded.fused.transpose(0, 1)).float(), dim=-1)
+        if not teacher and self.distill_projector is not None:
+            tokens = torch.stack([encoded.layer_cls[i] for i in self.distill_layers], dim=0)
+            views["distill"] = F.normalize(self.distill_predictor(self.distill_projector(tokens)).float(), dim=-1)
+        if config.weight_gram > 0:
+            views["gram"] = out.gram
+        return views
+
+    # -------------------------------------------------------------------------------------------- queue
+    @torch.no_grad()
+    def _enqueue(self, keys: torch.Tensor) -> None:
+        """Ring-buffer write of ``keys`` (any count, no divisibility assumption); identical on every process because
+        ``keys`` are the gathered keys of the global batch."""
+        size = self.queue.shape[0]
+        count = keys.shape[0]
+        pointer = int(self.queue_ptr)
+        if count > size:
+            pointer = (pointer + count - size) % size
+            keys, count = keys[-size:], size
+        index = (pointer + torch.arange(count, device=keys.device)) % size
+        self.queue.index_copy_(0, index, keys.to(self.queue.dtype))
+        self.queue_ptr.fill_((pointer + count) % size)
+
+    # -------------------------------------------------------------------------------------------- forward
+    def forward(self, pixel_values: torch.Tensor, pixel_values_2: torch.Tensor, momentum: float | None = None,
+                return_dict: bool | None = None, **kwargs) -> ArtStylePretrainingOutput:
+        if pixel_values_2 is None:
+            raise ValueError("ArtStyleForPretraining needs two views: `pixel_values` and `pixel_values_2`")
+        if momentum is not None and self.training:
+            self.update_teacher(momentum)
+        config = self.config
+        students = [self._views(v, teacher=False) for v in (pixel_values, pixel_values_2)]
+        with torch.no_grad():
+            teachers = [self._views(v, teacher=True) for v in (pixel_values, pixel_values_2)]
+        zero = pixel_values.new_zeros((), dtype=torch.float32)
+        losses = {"contrastive": zero, "layerwise": zero, "distill": zero, "gram": zero}
+        # the teacher keys of the other view, gathered over processes (in-batch negatives, distillation targets)
+        keys = [gather_from_all(t["key"]) if "key" in t else (None, 0) for t in teachers]
+        pairs = ((0, 1), (1, 0))  # (student view, teacher view)
+
+        if config.weight_contrastive > 0:
+            queue = self.queue.clone().detach() if self.queue is not None else None
+            losses["contrastive"] = sum(
+                self.soft_contrastive(students[s]["key"], teachers[t]["key"], negatives=queue,
+                                      keys=keys[t][0], offset=keys[t][1]) for s, t in pairs) / 2
+        if config.weight_layerwise > 0:
+            total = zero
+            for s, t in pairs:
+                gathered, offset = gather_from_all(teachers[t]["layers"].transpose(0, 1))
+                total = total + self.layerwise_nce(students[s]["layers"], gathered.transpose(0, 1), offset)
+            losses["layerwise"] = total / 2
+        if config.weight_distill > 0:
+            losses["distill"] = sum(self.distill_nce(students[s]["distill"], keys[t][0], keys[t][1])
+                                    for s, t in pairs) / 2
+        if config.weight_gram > 0:
+            losses["gram"] = sum(self.gram_mse(students[s]["gram"], teachers[t]["gram"]) for s, t in pairs) / 2
+
+        # enqueue only now: the keys of this batch must not be negatives of either symmetric term
+        if self.queue is not None and self.training and config.weight_contrastive > 0:
+            self._enqueue(keys[1][0])
+
+        loss = (config.weight_contrastive * losses["contrastive"] + config.weight_layerwise * losses["layerwise"]
+                + config.weight_distill * losses["distill"] + config.weight_gram * losses["gram"])
+        first = students[0]["output"]
+        output = ArtStylePretrainingOutput(
+            loss=loss, loss_contrastive=losses["contrastive"], loss_layerwise=losses["layerwise"],
+            loss_distill=losses["distill"], loss_gram=losses["gram"], pooler_output=first.pooler_output,
+            fusion_weights=first.fusion_weights, fusion_pool_weights=first.fusion_pool_weights)
+        return output if return_dict is not False else output.to_tuple()
+
+
+# ---------------------------------------------------------------------------------------------- classification
+class ArtStyleForImageClassification(ArtStylePreTrainedModel):
+    """[`ArtStyleModel`] with a linear head on ``pooler_output``; loss by ``config.problem_type`` (single-label
+    cross-entropy, multi-label BCE with float multi-hot labels, or regression MSE).
+
+    Fusion/Gram parameters that the chosen pooler does not use are frozen (they would get no gradient, which
+    breaks DDP) but kept, so a checkpoint round-trips unchanged.
+    """
+
+    _keys_to_ignore_on_load_unexpected = [r"^teacher\.", r"^projector\.", r"^predictor\.", r"^layer_projector\.",
+                                          r"^distill_", r"^queue"]
+
+    def __init__(self, config: ArtStyleConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.artstyle = ArtStyleModel(config)
+        hidden = self.artstyle.hidden_size
+        self.classifier = nn.Linear(hidden, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        if config.pooler == "cls":
+            for module in (self.artstyle.fusion, self.artstyle.gram):
+                if module is not None:
+                    module.requires_grad_(False)
+        elif config.pooler == "fused" and self.artstyle.gram is not None:
+            self.artstyle.gram.requires_grad_(False)
+        self.post_init()
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
+                output_hidden_states: bool | None = None, return_dict: bool | None = None,
+                **kwargs) -> ImageClassifierOutput:
+        encoded = self.artstyle.encode(pixel_values, output_hidden_states=bool(output_hidden_states))
+        logits = self.classifier(encoded.output.pooler_output)
+        loss = self.compute_loss(logits, labels) if labels is not None else None
+        output = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=encoded.output.hidden_states)
+        return output if return_dict is not False else output.to_tuple()
+
+    def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        labels = labels.to(logits.device)
+        if self.config.problem_type is None:
+            if self.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int) and labels.dim() == 1:
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        logits = logits.float()
+        if self.config.problem_type == "regression":
+            return F.mse_loss(logits.squeeze(-1), labels.float().view(-1))
+        if self.config.problem_type == "single_label_classification":
+            if labels.dim() != 1:
+                raise ValueError(f"single-label `labels` must have shape [batch], got {tuple(labels.shape)}")
+            return F.cross_entropy(logits, labels.long())
+        if labels.shape != logits.shape:
+            raise ValueError(f"multi-label `labels` must be multi-hot of shape {tuple(logits.shape)}, "
+                             f"got {tuple(labels.shape)}")
+        return F.binary_cross_entropy_with_logits(logits, labels.float())
+
+
+__all__ = [
+    "ArtStyleModel",
+    "ArtStyleForPretraining",
+    "ArtStyleForImageClassification",
+    "ArtStylePreTrainedModel",
+    "ArtStyleModelOutput",
+    "ArtStylePretrainingOutput",
+    "build_backbone",
+]
