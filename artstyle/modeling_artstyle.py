@@ -98,6 +98,9 @@ class ArtStylePreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
     _no_split_modules = ["ArtStyleModel"]
     _supports_sdpa = True
+    # a pretraining checkpoint also holds the teacher, heads and queue: loading its encoder elsewhere ignores them
+    _keys_to_ignore_on_load_unexpected = [r"^teacher\.", r"^projector\.", r"^predictor\.", r"^layer_projector\.",
+                                          r"^distill_", r"^queue", r"^classifier\."]
     _auto_map = {
         "AutoConfig": "configuration_artstyle.ArtStyleConfig",
         "AutoModel": "modeling_artstyle.ArtStyleModel",
@@ -162,10 +165,27 @@ class ArtStyleModel(ArtStylePreTrainedModel):
             self.pooler_norm = nn.LayerNorm(dim + config.style_dim, eps=1e-6)
             self.pooler_proj = nn.Linear(dim + config.style_dim, dim)
         self.post_init()
+        if config.backbone_pretrained and self.backbone.pos_embed.device.type != "meta":
+            self.load_backbone_weights(config.backbone_pretrained)  # fresh models only; from_pretrained loads its own
 
     @property
     def hidden_size(self) -> int:
         return self.backbone.embed_dim
+
+    def freeze_unused(self, used_by_losses: bool) -> None:
+        """Freeze parameters that never reach ``pooler_output`` (nor a loss, when ``used_by_losses``): they would get
+        no gradient, which DDP rejects. Frozen parameters keep their values, so checkpoints round-trip."""
+        unused = []
+        if self.config.pooler != "cls":
+            unused += [self.backbone.norm, self.backbone.fc_norm]  # the fused poolers read pre-norm block outputs
+        if not used_by_losses:
+            if self.config.pooler == "cls":
+                unused.append(self.fusion)
+            if self.config.pooler != "fused_style":
+                unused.append(self.gram)
+        for module in unused:
+            if module is not None:
+                module.requires_grad_(False)
 
     def load_backbone_weights(self, source: str) -> None:
         """Initialise the backbone from timm pretrained weights: a timm model name (downloads through timm, needs the
@@ -252,7 +272,7 @@ class ArtStyleForPretraining(ArtStylePreTrainedModel):
     mode) the gathered teacher keys of the second view are enqueued. Losses are float32 whatever the autocast dtype.
     """
 
-    _keys_to_ignore_on_load_unexpected = [r"^classifier\."]
+    _keys_to_ignore_on_load_unexpected = [r"^classifier\."]  # initialising pretraining from a classifier
 
     def __init__(self, config: ArtStyleConfig):
         super().__init__(config)
@@ -276,6 +296,7 @@ class ArtStyleForPretraining(ArtStylePreTrainedModel):
             teacher["layer_projector"] = PerLayerMLP(len(self.fusion_layers), dim, config.layer_head_dim, proj)
         self.teacher = nn.ModuleDict(teacher)
         self.teacher.requires_grad_(False)
+        self.artstyle.freeze_unused(used_by_losses=True)
         if config.queue_size > 0:
             self.register_buffer("queue", F.normalize(torch.randn(config.queue_size, proj), dim=1))
         else:
@@ -414,21 +435,13 @@ class ArtStyleForImageClassification(ArtStylePreTrainedModel):
     breaks DDP) but kept, so a checkpoint round-trips unchanged.
     """
 
-    _keys_to_ignore_on_load_unexpected = [r"^teacher\.", r"^projector\.", r"^predictor\.", r"^layer_projector\.",
-                                          r"^distill_", r"^queue"]
-
     def __init__(self, config: ArtStyleConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.artstyle = ArtStyleModel(config)
         hidden = self.artstyle.hidden_size
         self.classifier = nn.Linear(hidden, config.num_labels) if config.num_labels > 0 else nn.Identity()
-        if config.pooler == "cls":
-            for module in (self.artstyle.fusion, self.artstyle.gram):
-                if module is not None:
-                    module.requires_grad_(False)
-        elif config.pooler == "fused" and self.artstyle.gram is not None:
-            self.artstyle.gram.requires_grad_(False)
+        self.artstyle.freeze_unused(used_by_losses=False)
         self.post_init()
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,

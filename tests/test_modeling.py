@@ -1,0 +1,210 @@
+"""Model behaviour: one backbone pass per view, queue, teacher, switches, heads, classification losses."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from artstyle import ArtStyleForImageClassification, ArtStyleForPretraining, ArtStyleModel
+from conftest import tiny_config
+
+
+def _views(batch=4, size=32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, size, size, generator=generator), torch.randn(batch, 3, size, size, generator=generator)
+
+
+def _count_block_calls(blocks):
+    counts = [0] * len(blocks)
+    for index, block in enumerate(blocks):
+        def hook(module, args, index=index):
+            counts[index] += 1
+        block.register_forward_pre_hook(hook)
+    return counts
+
+
+@pytest.mark.parametrize("overrides", [{}, {"pooler": "fused_style", "soft_mode": "ascl"}, {"queue_size": 0}])
+def test_backbone_runs_once_per_view_for_student_and_teacher(overrides):
+    model = ArtStyleForPretraining(tiny_config(backbone_depth=3, **overrides))
+    student = _count_block_calls(model.artstyle.backbone.blocks)
+    teacher = _count_block_calls(model.teacher["artstyle"].backbone.blocks)
+    out = model(*_views(), momentum=0.99)
+    out.loss.backward()
+    assert student == [2, 2, 2] and teacher == [2, 2, 2]
+    assert all(getattr(out, f"loss_{n}").item() > 0 for n in ("contrastive", "layerwise", "distill", "gram"))
+    expected = sum(getattr(model.config, f"weight_{n}") * getattr(out, f"loss_{n}")
+                   for n in ("contrastive", "layerwise", "distill", "gram"))
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_every_trainable_parameter_gets_a_gradient_and_teacher_none():
+    model = ArtStyleForPretraining(tiny_config(pooler="fused_style"))
+    model(*_views()).loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []  # DDP without find_unused_parameters works
+    assert all(not p.requires_grad and p.grad is None for p in model.teacher.parameters())
+
+
+def test_baseline_has_no_extra_modules_and_equals_reference_infonce():
+    config = tiny_config(queue_size=0).moco_v3_baseline()
+    model = ArtStyleForPretraining(config).eval()
+    assert model.artstyle.fusion is None and model.artstyle.gram is None
+    assert model.layer_projector is None and model.distill_projector is None
+    x1, x2 = _views()
+    out = model(x1, x2)
+    assert out.loss_layerwise.item() == out.loss_distill.item() == out.loss_gram.item() == 0.0
+    with torch.no_grad():
+        def student(x):
+            return F.normalize(model.predictor(model.projector(model.artstyle(x).pooler_output)), dim=1).numpy()
+
+        def teacher(x):
+            return F.normalize(model.teacher["projector"](model.teacher["artstyle"](x).pooler_output), dim=1).numpy()
+
+        q1, q2, p1, p2 = student(x1), student(x2), teacher(x1), teacher(x2)
+
+    def infonce(q, k, tau):
+        logits = q @ k.T / tau
+        logits = logits - logits.max(1, keepdims=True)
+        log_prob = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+        return -np.mean(np.diag(log_prob))
+
+    expected = (infonce(q1, p2, config.tau_student) + infonce(q2, p1, config.tau_student)) / 2
+    assert out.loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_loss_is_symmetric_in_the_views():
+    model = ArtStyleForPretraining(tiny_config(soft_alpha=0.5)).eval()
+    x1, x2 = _views()
+    with torch.no_grad():
+        a, b = model(x1, x2), model(x2, x1)
+    for name in ("loss", "loss_contrastive", "loss_layerwise", "loss_distill", "loss_gram"):
+        assert getattr(a, name).item() == pytest.approx(getattr(b, name).item(), rel=1e-5)
+
+
+def test_queue_ring_buffer_with_batches_not_dividing_its_size():
+    model = ArtStyleForPretraining(tiny_config(queue_size=24))
+    keys = F.normalize(torch.randn(37, model.config.projection_dim), dim=1)
+    start = 0
+    for size in (5, 5, 5, 5, 5, 7, 5):  # 37 keys into 24 slots
+        model._enqueue(keys[start:start + size])
+        start += size
+    assert int(model.queue_ptr) == 37 % 24
+    for i in range(37 - 24, 37):  # the newest 24 keys, each at slot i % 24
+        assert torch.equal(model.queue[i % 24], keys[i])
+    model._enqueue(keys[:30])  # more keys than slots: keep the last 24
+    assert int(model.queue_ptr) == (13 + 30) % 24
+    for i in range(6, 30):
+        assert torch.equal(model.queue[(13 + i) % 24], keys[i])
+
+
+def test_forward_enqueues_teacher_keys_of_second_view_after_the_losses():
+    model = ArtStyleForPretraining(tiny_config(queue_size=24))
+    x1, x2 = _views(batch=5)
+    before = model.queue.clone()
+    out = model(x1, x2)
+    assert int(model.queue_ptr) == 5
+    with torch.no_grad():
+        expected = F.normalize(model.teacher["projector"](model.teacher["artstyle"](x2).pooler_output), dim=1)
+    torch.testing.assert_close(model.queue[:5], expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(model.queue[5:], before[5:])
+    # the loss used the OLD queue: recompute it with the old queue in eval mode (no enqueue) and compare
+    model.queue.copy_(before)
+    model.queue_ptr.zero_()
+    with torch.no_grad():
+        again = model(x1, x2)
+    assert again.loss_contrastive.item() == pytest.approx(out.loss_contrastive.item(), rel=1e-5)
+    model.eval()
+    model(x1, x2)
+    assert int(model.queue_ptr) == 5  # eval mode never enqueues
+
+
+def test_teacher_is_student_copy_then_ema():
+    model = ArtStyleForPretraining(tiny_config())
+    for s, t in zip(model.artstyle.parameters(), model.teacher["artstyle"].parameters()):
+        assert torch.equal(s, t)
+    teacher_before = [p.clone() for p in model.teacher.parameters()]
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    model(*_views()).loss.backward()
+    optimizer.step()
+    for before, after in zip(teacher_before, model.teacher.parameters()):
+        assert torch.equal(before, after)  # the optimizer never touches the teacher
+    model.update_teacher(0.9)
+    student = dict(model.artstyle.named_parameters())
+    for (name, t), before in zip(model.teacher["artstyle"].named_parameters(), teacher_before):
+        torch.testing.assert_close(t, 0.9 * before + 0.1 * student[name])
+    with pytest.raises(ValueError, match="momentum"):
+        model.update_teacher(1.5)
+
+
+def test_zero_weight_skips_component_compute():
+    config = tiny_config(weight_layerwise=0.0, weight_distill=0.0, weight_gram=0.0, pooler="fused")
+    model = ArtStyleForPretraining(config)
+    assert model.artstyle.gram is None and model.layer_projector is None and model.distill_projector is None
+    assert model.artstyle.fusion is not None  # the fused pooler still needs it
+    out = model(*_views())
+    assert out.loss_gram.item() == 0.0 and out.loss.item() == pytest.approx(out.loss_contrastive.item())
+
+
+def test_base_model_outputs_and_poolers():
+    x = _views()[0]
+    for pooler in ("cls", "fused", "fused_style"):
+        model = ArtStyleModel(tiny_config(pooler=pooler, backbone_depth=3, fusion_layers=[0, 2])).eval()
+        out = model(x, output_hidden_states=True)
+        assert out.last_hidden_state.shape == (4, 17, 192)
+        assert out.pooler_output.shape == (4, 192)
+        assert len(out.hidden_states) == 3 and out.hidden_states[0].shape == (4, 17, 192)
+        assert out.fusion_weights.shape == (4, 2, 2)
+        torch.testing.assert_close(out.fusion_weights.sum(-1), torch.ones(4, 2))
+        if pooler == "cls":
+            torch.testing.assert_close(out.pooler_output, out.last_hidden_state[:, 0])
+        else:
+            assert out.fusion_pool_weights.shape == (4, 2)
+        assert (out.style_embedding is not None) == (pooler == "fused_style")
+        # the last hidden state equals the last block output after the final norm
+        torch.testing.assert_close(model.backbone.norm(out.hidden_states[-1]), out.last_hidden_state)
+
+
+def test_classifier_losses_and_frozen_unused_modules():
+    config = tiny_config(num_labels=3)
+    model = ArtStyleForImageClassification(config)
+    assert not any(p.requires_grad for p in model.artstyle.fusion.parameters())  # cls pooler: fusion unused
+    x = _views()[0]
+    labels = torch.tensor([0, 2, 1, 2])
+    out = model(x, labels=labels)
+    assert out.logits.shape == (4, 3)
+    assert out.loss.item() == pytest.approx(F.cross_entropy(out.logits, labels).item(), rel=1e-6)
+    multi = ArtStyleForImageClassification(tiny_config(num_labels=3, problem_type="multi_label_classification"))
+    hot = torch.tensor([[1, 0, 1], [0, 0, 1], [1, 1, 1], [0, 1, 0]], dtype=torch.float)
+    out = multi(x, labels=hot)
+    expected = F.binary_cross_entropy_with_logits(out.logits, hot)
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="multi-hot"):
+        multi(x, labels=torch.tensor([0, 1, 2, 1]).float())
+
+
+def test_pretrained_backbone_from_local_file(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    reference = timm.create_model("vit_tiny_patch16_224", depth=2, img_size=32, patch_size=8, num_classes=5)
+    path = tmp_path / "vit.safetensors"
+    save_file(reference.state_dict(), str(path))
+    model = ArtStyleForPretraining(tiny_config(backbone_pretrained=str(path)))
+    for encoder in (model.artstyle, model.teacher["artstyle"]):
+        torch.testing.assert_close(encoder.backbone.blocks[1].mlp.fc1.weight, reference.blocks[1].mlp.fc1.weight)
+        torch.testing.assert_close(encoder.backbone.pos_embed, reference.pos_embed)
+    with pytest.raises(FileNotFoundError, match="backbone_pretrained"):
+        ArtStyleModel(tiny_config(backbone_pretrained=str(tmp_path / "missing.pth")))
+
+
+def test_forward_needs_two_views():
+    model = ArtStyleForPretraining(tiny_config())
+    with pytest.raises(ValueError, match="pixel_values_2"):
+        model(_views()[0], None)
+
+
+@pytest.mark.parametrize("pooler", ["cls", "fused", "fused_style"])
+def test_classifier_trainable_parameters_all_receive_gradients(pooler):
+    model = ArtStyleForImageClassification(tiny_config(num_labels=2, pooler=pooler))
+    model(_views()[0], labels=torch.tensor([0, 1, 1, 0])).loss.backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
