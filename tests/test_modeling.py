@@ -4,14 +4,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_config
 
 from artstyle import ArtStyleForImageClassification, ArtStyleForPretraining, ArtStyleModel
-from conftest import tiny_config
 
 
 def _views(batch=4, size=32, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, 3, size, size, generator=generator), torch.randn(batch, 3, size, size, generator=generator)
+    shape = (batch, 3, size, size)
+    return torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)
 
 
 def _count_block_calls(blocks):
