@@ -1,0 +1,299 @@
+"""Command-line tools: ``artstyle-predict`` (style classification) and ``artstyle-similar`` (style search).
+
+Both return a process exit code: 0 on success, 1 when some inputs could not be read (they are
+reported, the others are still processed), 2 for usage errors (missing model, bad arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def _is_url(text: str) -> bool:
+    return text.startswith(("http://", "https://"))
+
+
+def expand_inputs(inputs: Sequence[str], recursive: bool = True) -> tuple[list[str], list[dict]]:
+    """Files, folders (their images) and URLs -> ``(sources, errors)``; missing paths become errors."""
+    from artstyle.search import list_images
+
+    sources, errors = [], []
+    for item in inputs:
+        path = Path(item)
+        if _is_url(item) or path.is_file():
+            sources.append(item)
+        elif path.is_dir():
+            images = list_images(path, recursive=recursive)
+            if not images:
+                errors.append({"path": item, "error": "folder contains no image files"})
+            sources.extend(str(image) for image in images)
+        else:
+            errors.append({"path": item, "error": "no such file or folder"})
+    return sources, errors
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        format="%(levelname)s %(name)s: %(message)s", level=logging.INFO if verbose else logging.WARNING
+    )
+    if not verbose:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
+def _check_model_dir(model: str) -> None:
+    """A model argument that looks like a local path must exist (else it would be tried on the Hub)."""
+    looks_local = model.startswith((".", "/", "~")) or Path(model).exists() or model.count("/") > 1
+    if looks_local and not (Path(model).expanduser() / "config.json").is_file():
+        raise FileNotFoundError(f"--model {model}: no config.json there (not a saved artstyle model folder)")
+
+
+# ----------------------------------------------------------------------------------------------
+# artstyle-predict
+# ----------------------------------------------------------------------------------------------
+
+
+def build_predict_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="artstyle-predict",
+        description="Predict the style of images with a fine-tuned artstyle classifier.",
+    )
+    parser.add_argument("paths", nargs="+", help="image files, folders (searched recursively) or http(s) URLs")
+    parser.add_argument(
+        "--model", default="outputs/finetune", help="classifier folder or Hub id (default: %(default)s)"
+    )
+    parser.add_argument("--top_k", type=int, default=5, help="styles shown per image (default: %(default)s)")
+    parser.add_argument("--batch_size", type=int, default=16, help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--device", default=None, help="torch device (default: accelerator if available, else cpu)")
+    parser.add_argument("--verbose", action="store_true", help="log progress")
+    return parser
+
+
+def predict(
+    sources: Sequence[str], model: str, top_k: int = 5, batch_size: int = 16, device: str | None = None
+) -> tuple[list[dict], list[dict]]:
+    """Classify ``sources`` (paths or URLs) -> ``(results, errors)``.
+
+    ``results``: ``[{"path", "predictions": [{"label", "score"}, ...]}]`` in input order;
+    ``errors``: ``[{"path", "error"}]`` for inputs that could not be read.
+    """
+    from transformers import pipeline
+
+    from artstyle.search import default_device, load_image
+
+    if top_k < 1:
+        raise ValueError(f"--top_k must be >= 1, got {top_k}")
+    if batch_size < 1:
+        raise ValueError(f"--batch_size must be >= 1, got {batch_size}")
+    classifier = pipeline("image-classification", model=model, device=device or default_device())
+    results, errors = [], []
+    chunk = batch_size * 8  # decode a bounded number of images at a time
+    for start in range(0, len(sources), chunk):
+        images, names = [], []
+        for source in sources[start : start + chunk]:
+            try:
+                images.append(load_image(source))
+                names.append(source)
+            except (ValueError, OSError) as err:
+                errors.append({"path": source, "error": str(err)})
+        if not images:
+            continue
+        outputs = classifier(images, top_k=top_k, batch_size=batch_size)
+        for name, output in zip(names, outputs):
+            predictions = [{"label": p["label"], "score": float(p["score"])} for p in output]
+            results.append({"path": name, "predictions": predictions})
+    return results, errors
+
+
+def format_predictions_table(results: Sequence[dict]) -> str:
+    rows = [("path", "rank", "style", "score")]
+    for result in results:
+        for rank, prediction in enumerate(result["predictions"], start=1):
+            rows.append(
+                (result["path"] if rank == 1 else "", str(rank), prediction["label"], f"{prediction['score']:.4f}")
+            )
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def predict_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``artstyle-predict``."""
+    args = build_predict_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        _check_model_dir(args.model)
+        sources, errors = expand_inputs(args.paths)
+        results, read_errors = (
+            predict(sources, args.model, args.top_k, args.batch_size, args.device) if sources else ([], [])
+        )
+    except (ValueError, OSError) as err:  # OSError: missing files, model not found locally or on the Hub
+        print(f"artstyle-predict: error: {err}", file=sys.stderr)
+        return 2
+    errors += read_errors
+    if args.json:
+        print(json.dumps({"results": results, "errors": errors}, indent=2))
+    else:
+        if results:
+            print(format_predictions_table(results))
+        for error in errors:
+            print(f"could not read {error['path']}: {error['error']}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+# ----------------------------------------------------------------------------------------------
+# artstyle-similar
+# ----------------------------------------------------------------------------------------------
+
+
+def build_similar_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="artstyle-similar",
+        description=(
+            "Find the images of a collection closest in style to a query image. The collection is "
+            "embedded once and the index kept on disk; later runs embed only new or changed files."
+        ),
+    )
+    parser.add_argument("--index", required=True, help="folder of images to search (searched recursively)")
+    parser.add_argument("--query", required=True, help="query image (file or http(s) URL)")
+    parser.add_argument(
+        "--model", default="outputs/pretrain", help="artstyle model folder or Hub id (default: %(default)s)"
+    )
+    parser.add_argument("--k", type=int, default=5, help="neighbours to show (default: %(default)s)")
+    parser.add_argument(
+        "--index_dir", default=None, help="where the index is stored (default: <index>/.artstyle-index)"
+    )
+    parser.add_argument(
+        "--no_update", action="store_true", help="search the stored index without rescanning the folder"
+    )
+    parser.add_argument("--exclude_query", action="store_true", help="leave the query itself out of the results")
+    parser.add_argument("--batch_size", type=int, default=32, help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--contact_sheet", default=None, help="write a PNG of the query and its neighbours here")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--device", default=None, help="torch device (default: accelerator if available, else cpu)")
+    parser.add_argument("--verbose", action="store_true", help="log progress")
+    return parser
+
+
+def similar(args: argparse.Namespace) -> dict:
+    """Run one search as described by parsed ``artstyle-similar`` arguments; returns the JSON result."""
+    from artstyle.search import StyleEmbedder, StyleIndex, load_image, update_index
+
+    if args.k < 1:
+        raise ValueError(f"--k must be >= 1, got {args.k}")
+    root = Path(args.index)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--index {root}: not a folder of images")
+    index_dir = Path(args.index_dir) if args.index_dir else root / ".artstyle-index"
+    _check_model_dir(args.model)
+    query_image = load_image(args.query)
+    embedder = StyleEmbedder(args.model, batch_size=args.batch_size, device=args.device)
+
+    index = StyleIndex.load(index_dir) if (index_dir / "index.json").is_file() else None
+    report = None
+    if args.no_update:
+        if index is None:
+            raise FileNotFoundError(f"--no_update: no index at {index_dir}; run once without --no_update")
+        if index.model_fingerprint != embedder.fingerprint:
+            raise ValueError(f"--no_update: the index at {index_dir} was built with another model")
+    else:
+        progress = None
+        if args.verbose:
+            from tqdm.auto import tqdm
+
+            progress = lambda batches: tqdm(batches, desc="embedding", file=sys.stderr)  # noqa: E731
+        index, report = update_index(root, embedder, index, progress=progress)
+        try:
+            index.save(index_dir)
+        except OSError as err:
+            raise ValueError(f"cannot write the index to {index_dir} ({err}); choose another --index_dir") from err
+
+    exclude = ()
+    query_path = Path(args.query)
+    if args.exclude_query and query_path.is_file():
+        try:
+            exclude = (query_path.resolve().relative_to(Path(index.root).resolve()).as_posix(),)
+        except ValueError:
+            exclude = ()
+    neighbours = index.search(embedder.embed([query_image])[0], k=args.k, exclude=exclude)
+    result = {
+        "query": args.query,
+        "index_dir": str(index_dir),
+        "index_size": len(index),
+        "neighbours": [
+            {"rank": rank, "path": str(Path(index.root) / path), "score": score}
+            for rank, (path, score) in enumerate(neighbours, start=1)
+        ],
+    }
+    if report is not None:
+        result["update"] = {
+            "added": report.added,
+            "updated": report.updated,
+            "removed": report.removed,
+            "unchanged": report.unchanged,
+            "rebuilt": report.rebuilt,
+            "failed": [{"path": path, "error": error} for path, error in report.failed],
+        }
+    if args.contact_sheet:
+        from artstyle.plots import plot_contact_sheet
+
+        cells = [
+            (load_image(n["path"]), f"{n['rank']}. {Path(n['path']).name} ({n['score']:.3f})")
+            for n in result["neighbours"]
+        ]
+        result["contact_sheet"] = str(plot_contact_sheet(query_image, cells, args.contact_sheet))
+    return result
+
+
+def format_neighbours_table(result: dict) -> str:
+    rows = [("rank", "score", "path")]
+    rows += [(str(n["rank"]), f"{n['score']:.4f}", n["path"]) for n in result["neighbours"]]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def similar_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``artstyle-similar``."""
+    args = build_similar_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        result = similar(args)
+    except (ValueError, OSError) as err:  # OSError: missing files, model not found locally or on the Hub
+        print(f"artstyle-similar: error: {err}", file=sys.stderr)
+        return 2
+    failed = result.get("update", {}).get("failed", [])
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        update = result.get("update")
+        if update is not None:
+            print(
+                f"index: {result['index_size']} images ({update['added']} added, {update['updated']} updated, "
+                f"{update['removed']} removed, {len(failed)} unreadable)",
+                file=sys.stderr,
+            )
+        print(format_neighbours_table(result))
+        for item in failed:
+            print(f"could not read {item['path']}: {item['error']}", file=sys.stderr)
+        if "contact_sheet" in result:
+            print(f"contact sheet: {result['contact_sheet']}", file=sys.stderr)
+    return 0
+
+
+__all__ = [
+    "build_predict_parser",
+    "build_similar_parser",
+    "expand_inputs",
+    "predict",
+    "predict_main",
+    "similar",
+    "similar_main",
+]

@@ -1,0 +1,85 @@
+"""artstyle-predict on a saved tiny classifier: JSON output, table, bad files reported not fatal."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+from PIL import Image
+
+from artstyle import ArtStyleForImageClassification, build_image_processor
+from artstyle.cli import expand_inputs, format_predictions_table, predict_main
+
+NAMES = ["impressionism", "cubism", "pop_art"]
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("classifier")
+    config = tiny_config(num_labels=3, id2label=dict(enumerate(NAMES)), label2id={n: i for i, n in enumerate(NAMES)})
+    model = ArtStyleForImageClassification(config).eval()
+    model.save_pretrained(folder)
+    build_image_processor(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def images(tmp_path):
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "sub/b.jpg", "c.png"):
+        Image.fromarray(rng.integers(0, 256, (24, 36, 3), dtype=np.uint8)).save(folder / name)
+    (folder / "broken.png").write_bytes(b"\x89PNG truncated")
+    return folder
+
+
+def test_predict_json(classifier_dir, images, capsys):
+    code = predict_main([str(images), str(images / "missing.png"), "--model", str(classifier_dir), "--top_k", "2",
+                         "--json", "--batch_size", "2", "--device", "cpu"])
+    assert code == 1  # some inputs failed, the others were still predicted
+    output = json.loads(capsys.readouterr().out)
+    paths = [r["path"] for r in output["results"]]
+    assert [p.split("imgs/")[-1] for p in paths] == ["a.png", "c.png", "sub/b.jpg"]
+    for result in output["results"]:
+        assert len(result["predictions"]) == 2
+        assert {p["label"] for p in result["predictions"]} <= set(NAMES)
+        scores = [p["score"] for p in result["predictions"]]
+        assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1 + 1e-6
+    failed = sorted(e["path"].split("/")[-1] for e in output["errors"])
+    assert failed == ["broken.png", "missing.png"]
+
+
+def test_predict_scores_match_the_model(classifier_dir, images, capsys):
+    assert predict_main([str(images / "a.png"), "--model", str(classifier_dir), "--top_k", "3", "--json",
+                         "--device", "cpu"]) == 0
+    predictions = json.loads(capsys.readouterr().out)["results"][0]["predictions"]
+    model = ArtStyleForImageClassification.from_pretrained(classifier_dir).eval()
+    pixel_values = build_image_processor(model.config)(images=Image.open(images / "a.png"),
+                                                       return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        probs = model(pixel_values=pixel_values).logits.softmax(-1)[0]
+    expected = {NAMES[i]: float(probs[i]) for i in range(3)}
+    for prediction in predictions:
+        assert prediction["score"] == pytest.approx(expected[prediction["label"]], abs=1e-5)
+
+
+def test_predict_table_and_errors(classifier_dir, images, capsys):
+    assert predict_main([str(images / "a.png"), "--model", str(classifier_dir), "--top_k", "1",
+                         "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["path", "rank", "style", "score"]
+    assert lines[1].split()[0].endswith("a.png") and lines[1].split()[2] in NAMES
+    assert predict_main([str(images / "a.png"), "--model", str(images / "nomodel")]) == 2
+    assert "config.json" in capsys.readouterr().err
+    assert predict_main([str(images / "a.png"), "--model", str(classifier_dir), "--top_k", "0"]) == 2
+
+
+def test_expand_inputs_and_table_format(images):
+    sources, errors = expand_inputs([str(images), "https://example.com/x.jpg", str(images / "nope")])
+    assert sources[-1] == "https://example.com/x.jpg"
+    assert len(sources) == 5  # 3 images + broken.png (decoded later) + the URL
+    assert errors == [{"path": str(images / "nope"), "error": "no such file or folder"}]
+    table = format_predictions_table([{"path": "x.png", "predictions": [{"label": "cubism", "score": 0.5}]}])
+    assert table.splitlines()[1].split() == ["x.png", "1", "cubism", "0.5000"]

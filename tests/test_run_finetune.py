@@ -1,0 +1,146 @@
+"""run_finetune: LLRD groups, kNN, linear probe, and tiny end-to-end runs (fine-tune, probe, kNN)."""
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_config
+from safetensors.torch import load_file
+
+import run_finetune
+from artstyle import ArtStyleForImageClassification
+from artstyle.evaluation import knn_classify, layer_decay_param_groups, train_linear_probe
+
+# ---------------------------------------------------------------------------------------- units
+
+
+def test_layer_decay_rates_decrease_with_depth():
+    model = ArtStyleForImageClassification(tiny_config(backbone_depth=3, num_labels=4))
+    groups = layer_decay_param_groups(model, weight_decay=0.05, layer_decay=0.5)
+    scale = {}
+    decay = {}
+    for group in groups:
+        for param in group["params"]:
+            scale[id(param)] = group["lr_scale"]
+            decay[id(param)] = group["weight_decay"]
+    named = dict(model.named_parameters())
+    rate = lambda name: scale[id(named[name])]  # noqa: E731
+    backbone = "artstyle.backbone."
+    assert rate(backbone + "patch_embed.proj.weight") == pytest.approx(0.5**3)
+    assert rate(backbone + "pos_embed") == pytest.approx(0.5**3)
+    assert rate(backbone + "blocks.0.attn.qkv.weight") == pytest.approx(0.5**2)
+    assert rate(backbone + "blocks.1.attn.qkv.weight") == pytest.approx(0.5)
+    assert rate(backbone + "blocks.2.attn.qkv.weight") == 1.0
+    assert rate("classifier.weight") == 1.0
+    # every trainable parameter is in exactly one group; frozen ones in none
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert sum(len(g["params"]) for g in groups) == len(trainable) == len(scale)
+    assert decay[id(named["classifier.weight"])] == 0.05
+    assert decay[id(named["classifier.bias"])] == 0.0
+    assert decay[id(named[backbone + "pos_embed"])] == 0.0
+    # layer_decay 1.0: one scale for everything
+    assert {g["lr_scale"] for g in layer_decay_param_groups(model, 0.05, 1.0)} == {1.0}
+
+
+def test_knn_matches_a_hand_computed_vote():
+    train = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.0]])
+    labels = torch.tensor([0, 0, 1, 2])
+    query = torch.tensor([[0.6, 0.8], [-2.0, 0.1]])  # unnormalised on purpose
+    scores = knn_classify(train, labels, query, num_classes=3, k=2, temperature=0.5)
+    # query 0 (unit 0.6,0.8): cos = .6, .96, .8, -.6 -> neighbours 1 (class 0) and 2 (class 1)
+    w0, w1 = torch.exp(torch.tensor(0.96 / 0.5)), torch.exp(torch.tensor(0.8 / 0.5))
+    expected0 = torch.tensor([w0, w1, 0.0]) / (w0 + w1)
+    torch.testing.assert_close(scores[0], expected0)
+    assert scores[1].argmax() == 2
+    torch.testing.assert_close(scores.sum(dim=1), torch.ones(2))
+    # multi-hot neighbours vote for each of their classes
+    multi = torch.tensor([[0, 0, 1], [1, 1, 0], [0, 0, 1], [0, 0, 1]])
+    scores = knn_classify(train, multi, query[:1], num_classes=3, k=1)
+    torch.testing.assert_close(scores[0], torch.tensor([0.5, 0.5, 0.0]))  # nearest: train 1, classes 0 and 1
+    with pytest.raises(ValueError, match="k must be"):
+        knn_classify(train, labels, query, 3, k=0)
+
+
+def test_linear_probe_separates_and_folds_standardisation():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(60) % 3
+    centres = torch.tensor([[5.0, 0.0, 100.0], [0.0, 5.0, 100.0], [-5.0, -5.0, 100.0]])
+    features = centres[labels] + 0.5 * torch.randn(60, 3, generator=generator)
+    layer = train_linear_probe(features, labels, 3, epochs=50, learning_rate=0.05, batch_size=16)
+    assert (layer(features).argmax(dim=1) == labels).float().mean() == 1.0
+    with pytest.raises(ValueError, match="60 features but 2 labels"):
+        train_linear_probe(features, labels[:2], 3)
+
+
+def test_argument_errors_name_the_option():
+    with pytest.raises(ValueError, match="exclusive"):
+        run_finetune.parse_args(["--linear_probe", "--knn"])
+    with pytest.raises(ValueError, match="--layer_decay"):
+        run_finetune.parse_args(["--layer_decay", "0"])
+    with pytest.raises(ValueError, match="--dataset_options"):
+        run_finetune.parse_args(["--dataset_options", "{bad"])
+    with pytest.raises(FileNotFoundError, match="run_pretrain.py"):
+        run_finetune.build_model(run_finetune.ModelArguments(model_name_or_path="./missing_dir"), ["a", "b"], False)
+
+
+# ---------------------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def demo_options(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("demo_cache")
+    return json.dumps({"num_images": 48, "image_size": 32, "cache_dir": str(cache)})
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory, demo_options):
+    output = tmp_path_factory.mktemp("finetune")
+    results = run_finetune.main([
+        "--model_name_or_path", "none", "--config_preset", "tiny", "--backbone_depth", "2", "--image_size", "32",
+        "--dataset_options", demo_options, "--output_dir", str(output), "--max_train_steps", "2",
+        "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--warmup_epochs", "0",
+    ])
+    return output, results
+
+
+def test_finetune_writes_the_expected_files(finetuned):
+    output, results = finetuned
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "all_results.json",
+                 "confusion_matrix.png", "per_class_accuracy.png", "README.md"):
+        assert (output / name).is_file(), name
+    assert (output / "checkpoints" / "last" / "model.safetensors").is_file()
+    written = json.loads((output / "all_results.json").read_text())
+    assert written["train_steps"] == 2 and written["mode"] == "finetune"
+    for key in ("eval_accuracy", "eval_macro_f1", "eval_mean_average_precision", "test_accuracy"):
+        assert 0.0 <= written[key] <= 1.0
+    assert len(written["test_details"]["confusion_matrix"]) == 6
+    model = ArtStyleForImageClassification.from_pretrained(output)
+    assert model.config.num_labels == 6 and model.config.problem_type == "single_label_classification"
+    assert set(model.config.label2id) == set(model.config.id2label.values())
+    card = (output / "README.md").read_text()
+    assert "model-index" in card and "image-classification" in card
+
+
+def test_linear_probe_keeps_the_encoder_frozen(finetuned, demo_options, tmp_path):
+    source, _ = finetuned
+    results = run_finetune.main([
+        "--model_name_or_path", str(source), "--linear_probe", "--dataset_options", demo_options,
+        "--output_dir", str(tmp_path), "--probe_epochs", "5", "--per_device_eval_batch_size", "16",
+    ])
+    assert results["mode"] == "linear_probe" and 0.0 <= results["test_accuracy"] <= 1.0
+    before, after = load_file(source / "model.safetensors"), load_file(tmp_path / "model.safetensors")
+    encoder = [k for k in before if k.startswith("artstyle.")]
+    assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
+    assert not torch.equal(before["classifier.weight"], after["classifier.weight"])
+
+
+def test_knn_mode_writes_metrics_only(finetuned, demo_options, tmp_path):
+    source, _ = finetuned
+    results = run_finetune.main([
+        "--model_name_or_path", str(source), "--knn", "--knn_k", "5", "--dataset_options", demo_options,
+        "--output_dir", str(tmp_path), "--per_device_eval_batch_size", "16",
+    ])
+    assert results["knn"] == {"k": 5, "temperature": 0.07}
+    written = json.loads((tmp_path / "all_results.json").read_text())
+    assert 0.0 <= written["eval_accuracy"] <= 1.0 and "test_mean_average_precision" in written
+    assert not (tmp_path / "model.safetensors").exists()
