@@ -212,9 +212,13 @@ class LocalImageBuilder(datasets.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         _, splits = self._scanned()
+        empty = [name for name, examples in splits.items() if not examples]
+        if empty:
+            logger.warning("%s: split(s) %s would be empty and are left out", self.DATASET_NAME, empty)
         return [
             datasets.SplitGenerator(name=name, gen_kwargs={"examples": examples})
             for name, examples in splits.items()
+            if examples
         ]
 
     def _generate_examples(self, examples: Iterable[Example]):

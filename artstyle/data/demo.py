@@ -257,11 +257,14 @@ class DemoStyle(datasets.GeneratorBasedBuilder):
         kwargs.setdefault("dataset_name", "artstyle_demo")
         super().__init__(*args, **kwargs)
         cfg = self.config
-        if cfg.num_images < len(DEMO_STYLES):
-            raise ValueError(f"num_images must be >= {len(DEMO_STYLES)} (one per style), got {cfg.num_images}")
+        fractions = split_fractions(cfg.test_size, cfg.validation_size)
+        minimum = len(DEMO_STYLES) * len(fractions)
+        if cfg.num_images < minimum:
+            raise ValueError(
+                f"num_images must be >= {minimum} (one image per style and split), got {cfg.num_images}"
+            )
         if cfg.image_size < 16:
             raise ValueError(f"image_size must be >= 16, got {cfg.image_size}")
-        split_fractions(cfg.test_size, cfg.validation_size)
 
     def _info(self) -> datasets.DatasetInfo:
         return datasets.DatasetInfo(
