@@ -1,0 +1,258 @@
+"""End-to-end tests of run_pretrain.py on a tiny model and a 48-image demo dataset (CPU)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+from huggingface_hub import HfApi, ModelCard
+from PIL import Image
+from safetensors.torch import load_file
+
+import run_pretrain
+from artstyle import ArtStyleForPretraining
+from run_pretrain import main, parse_args, schedule_values, training_lengths
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"backbone_depth": 2, "image_size": 32, "patch_size": 8, "queue_size": 64, "projection_hidden_dim": 64,
+        "projection_dim": 32, "distill_hidden_dim": 32, "layer_head_dim": 32, "style_dim": 32, "gram_dim": 8}
+
+
+def tiny_args(tmp_path, out="out", *extra, steps=4, batch=8):
+    cache = tmp_path / "cache"
+    return [
+        "--config_overrides", json.dumps(TINY),
+        "--dataset_options", json.dumps({"num_images": 48, "image_size": 32, "cache_dir": str(cache)}),
+        "--output_dir", str(tmp_path / out),
+        "--per_device_train_batch_size", str(batch),
+        "--max_train_steps", str(steps),
+        "--num_workers", "0",
+        "--report_to", "none",
+        "--seed", "0",
+        "--deterministic",
+        *extra,
+    ]
+
+
+@pytest.fixture(autouse=True)
+def _reset_global_state():
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    torch.use_deterministic_algorithms(False)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def _env():
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def _weights(folder):
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+# --------------------------------------------------------------------------------------------- pure parts
+def test_help_lists_hf_argument_names(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for name in ("--output_dir", "--per_device_train_batch_size", "--num_train_epochs", "--max_train_steps",
+                 "--learning_rate", "--weight_decay", "--gradient_accumulation_steps", "--checkpointing_steps",
+                 "--resume_from_checkpoint", "--seed", "--mixed_precision", "--report_to", "--push_to_hub",
+                 "--hub_model_id", "--config_preset", "--augmentation", "--weight_gram", "--num_workers"):
+        assert name in text
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--learning_rate", "0"], "learning_rate"),
+    (["--per_device_train_batch_size", "0"], "per_device_train_batch_size"),
+    (["--augmentation", "fancy"], "augmentation"),
+    (["--dataset_options", "[1]"], "dataset_options"),
+    (["--config_overrides", "queue_size"], "config_overrides"),
+])
+def test_bad_arguments_name_the_flag(argv, match):
+    with pytest.raises(ValueError, match=match):
+        parse_args(argv)
+
+
+def test_config_overrides_and_loss_weights():
+    model_args, _, _ = parse_args(["--config_overrides", "queue_size=128,image_size=32", "--weight_gram", "0"])
+    config = run_pretrain.build_config(model_args)
+    assert (config.queue_size, config.image_size, config.weight_gram) == (128, 32, 0.0)
+    assert run_pretrain.parse_overrides('{"fusion_layers": [0, 1]}') == {"fusion_layers": [0, 1]}
+
+
+def test_lengths_and_schedule_values_follow_the_step():
+    _, _, train_args = parse_args(["--gradient_accumulation_steps", "3", "--num_train_epochs", "2",
+                                   "--learning_rate", "0.01", "--num_warmup_steps", "2"])
+    assert training_lengths(10, train_args) == (4, 8, 2)  # ceil(10 / 3) steps per epoch
+    _, _, with_max = parse_args(["--max_train_steps", "9"])
+    assert training_lengths(4, with_max) == (4, 9, 3)
+    config = run_pretrain.ArtStyleConfig.tiny(momentum_base=0.9)
+    assert schedule_values(0, 8, train_args, config) == pytest.approx(
+        {"lr": 0.005, "weight_decay": 0.1, "momentum": 0.9})
+    assert schedule_values(8, 8, train_args, config) == pytest.approx({"lr": 0.0, "weight_decay": 0.1, "momentum": 1.0})
+
+
+# --------------------------------------------------------------------------------------------- in-process runs
+def test_final_folder_card_and_push_to_hub_patched(tmp_path):
+    args = tiny_args(tmp_path, "out", "--push_to_hub", "--hub_model_id", "me/artstyle-tiny",
+                     "--gradient_accumulation_steps", "2", steps=2)
+    with mock.patch.object(HfApi, "create_repo", return_value="https://hf.co/me/artstyle-tiny") as create, \
+            mock.patch.object(HfApi, "upload_folder") as upload:
+        results = main(args)
+    out = tmp_path / "out"
+    create.assert_called_once()
+    assert create.call_args.args[0] == "me/artstyle-tiny"
+    assert upload.call_args.kwargs["folder_path"] == str(out)
+    # accumulation: 2 optimisation steps of 2 micro-batches of 8 images
+    assert results["train_steps"] == 2 and results["images_seen"] == 32 and results["world_size"] == 1
+    assert json.loads((out / "all_results.json").read_text()) == results
+    assert all(f"train_{t}" in results for t in run_pretrain.LOSS_TERMS)
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md"):
+        assert (out / name).is_file(), name
+    card = ModelCard.load(out / "README.md")
+    assert "pretraining" in card.data.tags
+    assert "| steps | 2 |" in card.text and "final train_loss" in card.text and "`demo`" in card.text
+    from transformers import AutoImageProcessor, AutoModel
+
+    encoder = AutoModel.from_pretrained(out)
+    assert type(encoder).__name__ == "ArtStyleModel"
+    assert AutoImageProcessor.from_pretrained(out).size["height"] == 32
+    # the teacher and the queue are saved with the pretraining model
+    assert any(k.endswith("queue") for k in _weights(out))
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_last_checkpoint(tmp_path):
+    original = ArtStyleForPretraining.forward
+    calls = {"n": 0}
+
+    def forward(self, *args, **kwargs):
+        output = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            output.loss = output.loss * float("nan")
+        return output
+
+    args = tiny_args(tmp_path, "out", "--checkpointing_steps", "2", steps=4)
+    with mock.patch.object(ArtStyleForPretraining, "forward", forward), \
+            pytest.raises(FloatingPointError, match="step 3"):
+        main(args)
+    checkpoints = tmp_path / "out" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step_2"]
+    files = {p.name for p in (checkpoints / "step_2").iterdir()}
+    assert {"model.safetensors", "optimizer.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl"} <= files
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+    # the output dir now holds checkpoints: a plain rerun refuses to mix runs
+    with pytest.raises(ValueError, match="resume_from_checkpoint"):
+        main(args)
+
+
+# --------------------------------------------------------------------------------------------- subprocesses
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    import accelerate
+    import run_pretrain
+
+    original = accelerate.Accelerator.save_state
+
+    def save_state(self, output_dir=None, **kwargs):
+        result = original(self, output_dir, **kwargs)
+        if os.path.basename(str(output_dir)) == ".tmp-step_4":
+            os.kill(os.getpid(), signal.SIGKILL)  # kill -9 after writing, before the checkpoint is complete
+        return result
+
+    accelerate.Accelerator.save_state = save_state
+    run_pretrain.main(sys.argv[1:])
+""")
+
+
+def test_kill_9_then_resume_is_bit_identical(tmp_path):
+    steps = ["--checkpointing_steps", "2"]
+    killed = subprocess.run([sys.executable, "-c", KILLER, *tiny_args(tmp_path, "killed", *steps, steps=6)],
+                            env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == [".tmp-step_4", "step_2"]
+
+    resumed = main(tiny_args(tmp_path, "killed", *steps, "--resume_from_checkpoint", "latest", steps=6))
+    assert resumed["resumed_from"].endswith("step_2")
+    assert not (checkpoints / ".tmp-step_4").exists()
+    torch.use_deterministic_algorithms(False)
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    straight = main(tiny_args(tmp_path, "straight", *steps, steps=6))
+
+    # 6 steps over 4 batches per epoch: the resume starts mid-epoch 0 and crosses into epoch 1
+    assert straight["epochs"] == resumed["epochs"] == 2
+    assert resumed["train_loss"] == straight["train_loss"]
+    a, b = _weights(tmp_path / "killed"), _weights(tmp_path / "straight")
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, different[:5]
+    # the weights moved after the resume point, so the comparison means something
+    at_resume = _weights(checkpoints / "step_2")
+    assert any(not torch.equal(at_resume[k], a[k]) for k in a if k in at_resume)
+
+
+def test_two_processes_keep_replicas_identical(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "run_pretrain.py"), *tiny_args(tmp_path, "ddp", steps=3, batch=4)]
+    run = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-4000:]
+    results = json.loads((tmp_path / "ddp" / "all_results.json").read_text())
+    assert results["world_size"] == 2
+    assert results["global_batch_size"] == 8 and results["images_seen"] == 24
+    # invariant: after the same steps every replica holds the same student, teacher and queue
+    # (BatchNorm statistics stay per process on CPU, where torch has no SyncBatchNorm)
+    checksums = results["replica_checksums"]
+    assert len(checksums["parameters"]) == 2
+    assert checksums["parameters"][0] == checksums["parameters"][1]
+    assert checksums["queue"][0] == checksums["queue"][1]
+    # the queue received the keys of the whole global batch (2 processes x 4) at every step
+    weights = _weights(tmp_path / "ddp")
+    (ptr_key,) = [k for k in weights if k.endswith("queue_ptr")]
+    assert int(weights[ptr_key]) == (3 * 8) % TINY["queue_size"]
+
+
+def _write_bad_image_folder(root):
+    rng = torch.Generator().manual_seed(0)
+    for cls in ("a", "b"):
+        folder = root / "train" / cls
+        folder.mkdir(parents=True)
+        for i in range(7 if cls == "a" else 6):
+            pixels = (torch.rand(24, 24, 3, generator=rng) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+    good = root / "train" / "a" / "0.png"
+    (root / "train" / "a" / "zero.jpg").write_bytes(b"")
+    (root / "train" / "b" / "text.jpg").write_text("this is not an image")
+    Image.open(good).convert("RGB").save(root / "train" / "b" / "full.jpg")
+    data = (root / "train" / "b" / "full.jpg").read_bytes()
+    (root / "train" / "b" / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (root / "train" / "b" / "full.jpg").unlink()
+
+
+def test_bad_images_are_skipped_and_counted(tmp_path):
+    _write_bad_image_folder(tmp_path / "images")  # 13 good + 3 bad = 16 images = 4 batches of 4
+    args = tiny_args(tmp_path, "bad", steps=4, batch=4)
+    args[args.index("--dataset_options") + 1] = json.dumps({"cache_dir": str(tmp_path / "cache"),
+                                                             "validation_size": 0.0})
+    args[args.index("--report_to") + 1] = "tensorboard"
+    results = main([*args, "--dataset", "imagefolder", "--data_dir", str(tmp_path / "images"),
+                    "--num_train_epochs", "1", "--max_train_steps", "4"])
+    assert results["train_steps"] == 4
+    assert results["skipped_images"] == 3
+    assert results["images_seen"] == 13
+    assert list((tmp_path / "bad" / "runs").rglob("events.out.tfevents*"))
