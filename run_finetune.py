@@ -203,8 +203,8 @@ class StyleData:
     label_names: list[str]
     multi_label_train: bool  # the training label column is multi-hot
     train_label_column: str
-    eval_label_column: str  # column used for the metrics (multi-hot where present)
-    multi_label_eval: bool
+    # per evaluated split ("eval", "test"): (label column used for the metrics, whether it is multi-hot)
+    eval_columns: dict[str, tuple[str, bool]]
 
 
 def _is_multi_hot(feature) -> bool:
@@ -227,6 +227,16 @@ def _label_names(split: datasets.Dataset, label_column: str, fallback_column: st
     if feature is not None:
         return [str(i) for i in sorted(set(split[label_column]))]
     raise ValueError(f"--label_column {label_column!r} is not a column of the training split ({split.column_names})")
+
+
+def _eval_column(split: datasets.Dataset, data_args: DataArguments, name: str) -> tuple[str, bool]:
+    """The multi-hot ``multi_label_column`` where the split has it, else ``label_column``."""
+    for column in (data_args.multi_label_column, data_args.label_column):
+        if column in split.column_names and _is_multi_hot(split.features[column]):
+            return column, True
+    if data_args.label_column not in split.column_names:
+        raise ValueError(f"split {name!r} has no label column {data_args.label_column!r} ({split.column_names})")
+    return data_args.label_column, False
 
 
 def load_data(data_args: DataArguments) -> StyleData:
@@ -254,25 +264,18 @@ def load_data(data_args: DataArguments) -> StyleData:
 
     evaluation = truncate(dataset[eval_split])
     test = truncate(dataset["test"]) if "test" in dataset and eval_split != "test" else None
-    multi_label_train = _is_multi_hot(train.features[data_args.label_column])
-    multi_label_eval = data_args.multi_label_column in evaluation.column_names and _is_multi_hot(
-        evaluation.features[data_args.multi_label_column]
-    )
-    if multi_label_train:
-        eval_label_column = data_args.label_column
-        multi_label_eval = True
-    else:
-        eval_label_column = data_args.multi_label_column if multi_label_eval else data_args.label_column
+    eval_columns = {"eval": _eval_column(evaluation, data_args, eval_split)}
+    if test is not None:
+        eval_columns["test"] = _eval_column(test, data_args, "test")
     return StyleData(
         train=train,
         eval=evaluation,
         eval_split=eval_split,
         test=test,
         label_names=_label_names(train, data_args.label_column, data_args.multi_label_column),
-        multi_label_train=multi_label_train,
+        multi_label_train=_is_multi_hot(train.features[data_args.label_column]),
         train_label_column=data_args.label_column,
-        eval_label_column=eval_label_column,
-        multi_label_eval=multi_label_eval,
+        eval_columns=eval_columns,
     )
 
 
@@ -280,33 +283,31 @@ def build_dataloaders(
     data: StyleData, image_processor, data_args: DataArguments, train_args: FinetuneArguments,
     augment_train: bool = True,
 ) -> dict[str, DataLoader]:
-    """DataLoaders for ``train`` (augmented unless ``augment_train`` is False), ``eval`` and ``test``."""
+    """DataLoaders ``eval`` and ``test`` (where present), plus ``train`` (augmented) when ``augment_train``,
+    else ``train_features`` (training split with the evaluation transform, for kNN / linear probe)."""
     from artstyle.data import StyleImageDataset, collate_skip_bad
     from artstyle.transforms import build_eval_transform, build_train_transform
 
     eval_transform = build_eval_transform(image_processor)
-    train_transform = (
-        build_train_transform(image_processor, rand_augment=data_args.rand_augment,
-                              crop_scale=(data_args.crop_scale_min, 1.0))
-        if augment_train else eval_transform
+    train_transform = build_train_transform(
+        image_processor, rand_augment=data_args.rand_augment, crop_scale=(data_args.crop_scale_min, 1.0)
     )
     common = dict(collate_fn=collate_skip_bad, num_workers=data_args.dataloader_num_workers)
-    train_set = StyleImageDataset(data.train, train_transform, data_args.image_column, data.train_label_column)
-    batch_size = train_args.per_device_train_batch_size
-    loaders = {
-        "train": DataLoader(train_set, batch_size=batch_size, shuffle=augment_train,
-                            drop_last=augment_train and len(train_set) >= 2 * batch_size, **common),
-    }
+    loaders = {}
+    if augment_train:
+        train_set = StyleImageDataset(data.train, train_transform, data_args.image_column, data.train_label_column)
+        batch_size = train_args.per_device_train_batch_size
+        loaders["train"] = DataLoader(train_set, batch_size=batch_size, shuffle=True,
+                                      drop_last=len(train_set) >= 2 * batch_size, **common)
 
-    def eval_loader(split):
-        dataset = StyleImageDataset(split, eval_transform, data_args.image_column, data.eval_label_column)
+    def eval_loader(split, key):
+        dataset = StyleImageDataset(split, eval_transform, data_args.image_column, data.eval_columns[key][0])
         return DataLoader(dataset, batch_size=train_args.per_device_eval_batch_size, shuffle=False, **common)
 
-    loaders["eval"] = eval_loader(data.eval)
+    loaders["eval"] = eval_loader(data.eval, "eval")
     if data.test is not None:
-        loaders["test"] = eval_loader(data.test)
+        loaders["test"] = eval_loader(data.test, "test")
     if not augment_train:
-        # features for kNN / probe: same labels as evaluation where the training split has them too
         loaders["train_features"] = DataLoader(
             StyleImageDataset(data.train, eval_transform, data_args.image_column, data.train_label_column),
             batch_size=train_args.per_device_eval_batch_size, shuffle=False, **common,
@@ -488,10 +489,11 @@ def compute_metrics(scores: np.ndarray, references: np.ndarray, multi_label: boo
     return metric.compute(predictions=scores.astype(np.float32), references=references)
 
 
-def evaluate(model, dataloader, accelerator: Accelerator, data: StyleData, metric=None) -> dict[str, Any]:
-    """Metrics of ``model`` on ``dataloader`` (multi-label protocol where the split is multi-hot)."""
-    scores, references = predict_scores(model, dataloader, accelerator, data.multi_label_train)
-    return compute_metrics(scores, references, data.multi_label_eval, metric)
+def evaluate(model, loaders: dict[str, DataLoader], accelerator: Accelerator, data: StyleData,
+             split: str = "eval") -> dict[str, Any]:
+    """Metrics of ``model`` on ``loaders[split]`` (multi-label protocol where that split is multi-hot)."""
+    scores, references = predict_scores(model, loaders[split], accelerator, data.multi_label_train)
+    return compute_metrics(scores, references, data.eval_columns[split][1])
 
 
 def knn_evaluate(model, loaders: dict[str, DataLoader], accelerator: Accelerator, data: StyleData,
@@ -503,7 +505,7 @@ def knn_evaluate(model, loaders: dict[str, DataLoader], accelerator: Accelerator
     features, references = extract_features(model, loaders[split], accelerator)
     scores = knn_classify(train_features, train_labels, features, len(data.label_names),
                           k=train_args.knn_k, temperature=train_args.knn_temperature)
-    return compute_metrics(scores.numpy(), references.numpy(), data.multi_label_eval)
+    return compute_metrics(scores.numpy(), references.numpy(), data.eval_columns[split][1])
 
 
 def fit_linear_probe(model, loaders: dict[str, DataLoader], accelerator: Accelerator, data: StyleData,
@@ -604,20 +606,23 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         data = load_data(data_args)
     logger.info("train %d, %s %d, test %s images; %d classes; multi-label train %s / eval %s",
                 len(data.train), data.eval_split, len(data.eval), len(data.test) if data.test else "-",
-                len(data.label_names), data.multi_label_train, data.multi_label_eval)
+                len(data.label_names), data.multi_label_train,
+                {key: multi for key, (_, multi) in data.eval_columns.items()})
 
     from artstyle import build_image_processor
 
     model = build_model(model_args, data.label_names, data.multi_label_train)
     image_processor = build_image_processor(model.config)
     loaders = build_dataloaders(data, image_processor, data_args, train_args, augment_train=mode == "finetune")
-    metric = None
     results: dict[str, Any] = {"mode": mode, "dataset": data_args.dataset_name,
                                "model_name_or_path": model_args.model_name_or_path, "eval_split": data.eval_split}
 
+    if mode in ("knn", "linear_probe"):
+        # frozen encoder: no DDP wrapper (nothing to synchronise), only the dataloaders are sharded
+        model = model.to(accelerator.device)
+        loaders = dict(zip(loaders, accelerator.prepare(*loaders.values())))  # always >= 2 loaders here
+
     if mode == "knn":
-        model, *prepared = accelerator.prepare(model, *loaders.values())
-        loaders = dict(zip(loaders, prepared))
         final = knn_evaluate(model, loaders, accelerator, data, train_args, "eval")
         results.update(scalar_metrics(final, "eval"), eval_details=final)
         if "test" in loaders:
@@ -630,10 +635,8 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         return results
 
     if mode == "linear_probe":
-        model, *prepared = accelerator.prepare(model, *loaders.values())
-        loaders = dict(zip(loaders, prepared))
         fit_linear_probe(model, loaders, accelerator, data, train_args)
-        eval_metrics = evaluate(model, loaders["eval"], accelerator, data, metric)
+        eval_metrics = evaluate(model, loaders, accelerator, data, "eval")
         results.update(scalar_metrics(eval_metrics, "eval"), eval_details=eval_metrics)
         best_state = None
         summary = {"mode": "linear probe (frozen encoder)", "probe_epochs": train_args.probe_epochs,
@@ -662,7 +665,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         for epoch in range(num_epochs):
             loss = train_one_epoch(model, loaders["train"], optimizer, criterion, accelerator, state, train_args,
                                    mixup_fn, progress)
-            eval_metrics = evaluate(model, loaders["eval"], accelerator, data, metric)
+            eval_metrics = evaluate(model, loaders, accelerator, data, "eval")
             value = eval_metrics[train_args.metric_for_best_model]
             history.append({"epoch": epoch, "train_loss": loss, **scalar_metrics(eval_metrics, "eval")})
             logger.info("epoch %d: train loss %.4f, eval %s %.4f", epoch, loss, train_args.metric_for_best_model,
@@ -689,7 +692,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
 
     final = results["eval_details"]
     if "test" in loaders:
-        final = evaluate(model, loaders["test"], accelerator, data, metric)
+        final = evaluate(model, loaders, accelerator, data, "test")
         results.update(scalar_metrics(final, "test"), test_details=final)
     save_model(model, output_dir, accelerator)
     if accelerator.is_main_process:

@@ -66,7 +66,7 @@ def test_linear_probe_separates_and_folds_standardisation():
     labels = torch.arange(60) % 3
     centres = torch.tensor([[5.0, 0.0, 100.0], [0.0, 5.0, 100.0], [-5.0, -5.0, 100.0]])
     features = centres[labels] + 0.5 * torch.randn(60, 3, generator=generator)
-    layer = train_linear_probe(features, labels, 3, epochs=50, learning_rate=0.05, batch_size=16)
+    layer = train_linear_probe(features, labels, 3, epochs=20, learning_rate=0.05, batch_size=30)
     assert (layer(features).argmax(dim=1) == labels).float().mean() == 1.0
     with pytest.raises(ValueError, match="60 features but 2 labels"):
         train_linear_probe(features, labels[:2], 3)
@@ -144,3 +144,51 @@ def test_knn_mode_writes_metrics_only(finetuned, demo_options, tmp_path):
     written = json.loads((tmp_path / "all_results.json").read_text())
     assert 0.0 <= written["eval_accuracy"] <= 1.0 and "test_mean_average_precision" in written
     assert not (tmp_path / "model.safetensors").exists()
+
+
+def _multi_label_dataset(multi_hot_train: bool):
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    names = ["noir", "vintage", "macro"]
+
+    def split(n):
+        images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(n)]
+        single = [i % 3 for i in range(n)]
+        multi = [[int(j == i % 3 or j == (i + 1) % 3 and i % 2) for j in range(3)] for i in range(n)]
+        return images, single, multi
+
+    images, single, multi = split(12)
+    label_feature = datasets.List(datasets.Value("int32")) if multi_hot_train else datasets.ClassLabel(names=names)
+    train = datasets.Dataset.from_dict(
+        {"image": images, "label": multi if multi_hot_train else single},
+        features=datasets.Features({"image": datasets.Image(), "label": label_feature}),
+    )
+    images, single, multi = split(8)
+    test = datasets.Dataset.from_dict(
+        {"image": images, "label": single, "labels": multi},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names),
+                                    "labels": datasets.List(datasets.Value("int32"))}),
+    )
+    return datasets.DatasetDict(train=train, test=test)
+
+
+@pytest.mark.parametrize("multi_hot_train", [False, True], ids=["ava_protocol", "multi_label_training"])
+def test_multi_label_evaluation(monkeypatch, tmp_path, multi_hot_train):
+    import artstyle.data
+
+    monkeypatch.setattr(artstyle.data, "load_style_dataset", lambda *a, **k: _multi_label_dataset(multi_hot_train))
+    results = run_finetune.main([
+        "--model_name_or_path", "none", "--backbone_depth", "2", "--image_size", "32", "--output_dir", str(tmp_path),
+        "--max_train_steps", "1", "--per_device_train_batch_size", "4", "--warmup_epochs", "0",
+    ])
+    assert results["eval_split"] == "test"
+    details = results["eval_details"]
+    assert details["confusion_matrix"] is None  # multi-label protocol
+    assert 0.0 < results["eval_mean_average_precision"] <= 1.0
+    config = ArtStyleForImageClassification.from_pretrained(tmp_path).config
+    expected = "multi_label_classification" if multi_hot_train else "single_label_classification"
+    assert config.problem_type == expected
+    assert not (tmp_path / "confusion_matrix.png").exists()
