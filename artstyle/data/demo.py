@@ -10,6 +10,7 @@ by ``seed`` (image ``i`` depends only on ``(seed, i)``), and cached on disk afte
 from __future__ import annotations
 
 import colorsys
+import functools
 import io
 import logging
 import time
@@ -44,37 +45,47 @@ def _palette(rng: np.random.Generator, k: int) -> np.ndarray:
     return np.asarray(colours, dtype=np.float32)
 
 
-def _ramp(yy: np.ndarray, xx: np.ndarray, angle: float) -> np.ndarray:
-    """Linear ramp in [0, 1] across the unit square (coordinates in [0, 1)) along ``angle``."""
-    c, s = np.float32(np.cos(angle)), np.float32(np.sin(angle))
-    low = min(c, 0) + min(s, 0)
-    return (c * xx + s * yy - low) / (abs(c) + abs(s))
+@functools.lru_cache(maxsize=8)
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    yy.flags.writeable = False
+    xx.flags.writeable = False
+    return yy, xx
 
 
 def render_content(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Random content: float32 ``[size, size, 3]`` in [0, 1]."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    """Random content: float32 ``[size, size, 3]`` in [0, 1].
+
+    A gradient background between two palette colours, then 3-7 ellipses, rotated rectangles and
+    bands, each a palette colour shaded by its own linear ramp. Shapes are painted into a layer-index
+    map first and coloured in one vectorised pass.
+    """
+    yy, xx = _grid(size)
     pal = _palette(rng, int(rng.integers(3, 7)))
-    t = _ramp(yy, xx, rng.uniform(0, 2 * np.pi))[..., None]
-    c0, c1 = pal[rng.choice(len(pal), 2, replace=False)]
-    img = (1 - t) * c0 + t * c1
-    for _ in range(int(rng.integers(3, 8))):
+    n_shapes = int(rng.integers(3, 8))
+    layer = np.zeros((size, size), np.int64)  # 0 = background, k = shape k
+    for k in range(1, n_shapes + 1):
         kind = rng.integers(3)
         cy, cx = rng.uniform(0, 1, 2)
         a, b = rng.uniform(0.08, 0.35, 2)
         theta = rng.uniform(0, np.pi)
-        u = np.cos(theta) * (xx - cx) + np.sin(theta) * (yy - cy)
-        v = -np.sin(theta) * (xx - cx) + np.cos(theta) * (yy - cy)
-        if kind == 0:  # ellipse
-            mask = (u / a) ** 2 + (v / b) ** 2 < 1
-        elif kind == 1:  # rotated rectangle
-            mask = (np.abs(u) < a) & (np.abs(v) < b)
-        else:  # band across the image
+        c, s = np.float32(np.cos(theta)), np.float32(np.sin(theta))
+        v = c * (yy - cy) - s * (xx - cx)
+        if kind == 2:  # band across the image
             mask = np.abs(v) < b * 0.4
-        shade = 0.75 + 0.5 * _ramp(yy, xx, rng.uniform(0, 2 * np.pi))
-        colour = pal[rng.integers(len(pal))]
-        img = np.where(mask[..., None], np.clip(colour * shade[..., None], 0, 1), img)
-    return img.astype(np.float32)
+        else:
+            u = c * (xx - cx) + s * (yy - cy)
+            mask = (u / a) ** 2 + (v / b) ** 2 < 1 if kind == 0 else (np.abs(u) < a) & (np.abs(v) < b)
+        layer[mask] = k
+    angles = rng.uniform(0, 2 * np.pi, n_shapes + 1)
+    cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    low = np.minimum(cos, 0) + np.minimum(sin, 0)
+    ramp = (cos[layer] * xx + sin[layer] * yy - low[layer]) / (np.abs(cos) + np.abs(sin))[layer]
+    colours = pal[rng.integers(len(pal), size=n_shapes + 1)]
+    c0, c1 = pal[rng.choice(len(pal), 2, replace=False)]
+    background = (1 - ramp[..., None]) * c0 + ramp[..., None] * c1
+    shaded = np.clip(colours[layer] * (0.75 + 0.5 * ramp)[..., None], 0, 1)
+    return np.where((layer > 0)[..., None], shaded, background).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -132,7 +143,7 @@ def _flat_poster(content, rng):
 
 def _brush_strokes(content, rng):
     size = content.shape[0]
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    yy, xx = (g * size for g in _grid(size))
     cells = 4
     base = rng.uniform(0, np.pi)
     angles = base + rng.uniform(-0.6, 0.6, (cells, cells))

@@ -9,7 +9,7 @@ from typing import Any
 import datasets
 
 from .ava import AVAStyle
-from .common import LocalImageBuilder, default_cache_dir
+from .common import LocalImageBuilder, default_cache_dir, split_fractions, stratified_split
 from .demo import DemoStyle
 from .flickr import FlickrStyle
 from .folders import ImageFolderStyle, Pandora18k
@@ -84,9 +84,22 @@ def load_style_dataset(
         if isinstance(builder, LocalImageBuilder) and hasattr(builder, "num_missing_images"):
             dataset_dict.num_missing_images = builder.num_missing_images
         return dataset_dict
-    if data_dir is None and os.path.isdir(os.path.expanduser(name)):
+    if data_dir is None and os.path.isdir(os.path.expanduser(name)) and not _has_data_files(name):
         return build_dataset(ImageFolderStyle(data_dir=name, **options))
     return load_hub_dataset(name, data_dir=data_dir, **options)
+
+
+_DATA_FILE_SUFFIXES = (".parquet", ".arrow", ".csv", ".json", ".jsonl", ".tsv")
+
+
+def _has_data_files(folder: str) -> bool:
+    """Whether a local folder holds data files (e.g. parquet, or an imagefolder ``metadata.csv``) at its
+    top level or one level down: such folders go to ``datasets.load_dataset``."""
+    top = os.path.expanduser(folder)
+    candidates = [top] + [e.path for e in os.scandir(top) if e.is_dir()]
+    return any(
+        f.endswith(_DATA_FILE_SUFFIXES) for c in candidates for f in os.listdir(c) if os.path.isfile(os.path.join(c, f))
+    )
 
 
 def load_hub_dataset(
@@ -109,10 +122,10 @@ def load_hub_dataset(
         loaded = datasets.load_dataset(
             name, data_dir=data_dir, cache_dir=cache_dir or default_cache_dir(), **load_kwargs
         )
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ConnectionError) as err:
         raise FileNotFoundError(
             f"dataset {name!r} is neither a built-in dataset ({sorted(BUILDERS)}), a local folder, nor a "
-            f"Hub dataset available offline: {err}"
+            f"Hub dataset available offline ({type(err).__name__}: {err})"
         ) from err
     if isinstance(loaded, datasets.Dataset):
         loaded = datasets.DatasetDict({"train": loaded})
@@ -129,6 +142,7 @@ def load_hub_dataset(
     if not isinstance(dataset_dict[next(iter(dataset_dict))].features["image"], datasets.Image):
         dataset_dict = dataset_dict.cast_column("image", datasets.Image())
     if "test" not in dataset_dict and "train" in dataset_dict and test_size > 0:
-        parts = dataset_dict["train"].train_test_split(test_size=test_size, seed=seed, stratify_by_column="label")
-        dataset_dict["train"], dataset_dict["test"] = parts["train"], parts["test"]
+        train = dataset_dict["train"]
+        parts = stratified_split(train["label"], split_fractions(test_size, 0.0), seed=seed)
+        dataset_dict["train"], dataset_dict["test"] = train.select(parts["train"]), train.select(parts["test"])
     return _ordered(dataset_dict)

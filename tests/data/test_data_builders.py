@@ -159,3 +159,37 @@ def test_stratified_split_reference():
     assert parts == stratified_split(labels, {"train": 0.6, "validation": 0.2, "test": 0.2}, seed=0)
     with pytest.raises(ValueError, match="sum to 1"):
         stratified_split(labels, {"train": 0.6, "test": 0.2})
+
+
+def test_generic_local_data_files_renamed_and_encoded(tmp_path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    images = []
+    for i in range(20):
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((8, 8, 3), i * 10, np.uint8)).save(buffer, format="PNG")
+        images.append({"bytes": buffer.getvalue(), "path": None})
+    features = datasets.Features({"img": datasets.Image(), "style": datasets.Value("string")})
+    table = datasets.Dataset.from_dict({"img": images, "style": ["ukiyo-e", "baroque"] * 10}, features=features)
+    (tmp_path / "hubcopy" / "data").mkdir(parents=True)
+    table.to_parquet(str(tmp_path / "hubcopy" / "data" / "train-00000.parquet"))
+    ds = load_style_dataset(str(tmp_path / "hubcopy"), image_column="img", label_column="style",
+                            cache_dir=tmp_path / "cache", test_size=0.25)
+    assert list(ds) == ["train", "test"]
+    assert ds["train"].column_names == ["image", "label"]
+    assert ds["train"].features["label"].names == ["baroque", "ukiyo-e"]
+    assert [ds[s]["label"].count(0) for s in ("train", "test")] == [8, 2]  # stratified
+    assert ds["test"][0]["image"].size == (8, 8)
+    with pytest.raises(ValueError, match="label_column='genre'"):
+        load_style_dataset(str(tmp_path / "hubcopy"), image_column="img", label_column="genre",
+                           cache_dir=tmp_path / "cache")
+
+
+def test_unknown_dataset_offline_is_file_not_found(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
+    with pytest.raises(FileNotFoundError, match="neither a built-in dataset"):
+        load_style_dataset("nobody/no-such-style-dataset", cache_dir=tmp_path)
