@@ -6,6 +6,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from datafixtures import *  # noqa: F403 (pytest fixtures shared by the data tests)
 from PIL import Image
 
 from artstyle.data import BadImageError, SkipCounter, StyleImageDataset, collate_skip_bad, open_image_rgb

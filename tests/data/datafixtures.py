@@ -1,4 +1,7 @@
-"""Fixtures of the data tests: tiny fake dataset trees in tmp_path mimicking the official layouts."""
+"""Fixtures of the data tests (tiny fake dataset trees in tmp_path mimicking the official layouts).
+
+Imported by the test modules with `from datafixtures import *`: a conftest.py here would shadow the
+`from conftest import ...` of the top-level tests (same module name "conftest")."""
 
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+__all__ = ["ava_tree", "bad_image_corpus", "flickr_tree", "make_image", "pandora_tree"]
 
 
 def write_image(path: Path, seed: int, size: int = 24, fmt: str | None = None) -> Path:
