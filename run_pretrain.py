@@ -117,7 +117,7 @@ class PretrainingArguments:
         default=False, metadata={"help": "Allow training into an output_dir that already holds checkpoints."}
     )
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Images per process per micro-batch."})
-    num_train_epochs: int = field(default=2, metadata={"help": "Epochs (ignored when --max_train_steps is set)."})
+    num_train_epochs: int = field(default=1, metadata={"help": "Epochs (ignored when --max_train_steps is set)."})
     max_train_steps: int | None = field(default=None, metadata={"help": "Total optimisation steps (overrides epochs)."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimisation step."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (after warmup)."})
@@ -252,7 +252,7 @@ def build_config(model_args: ModelArguments) -> ArtStyleConfig:
         path = Path(source)
         if not path.exists():
             raise FileNotFoundError(f"--config_name / --model_name_or_path: {source!r} does not exist")
-        config = ArtStyleConfig.from_pretrained(str(path if path.is_dir() else path.parent))
+        config = ArtStyleConfig.from_pretrained(str(path)) if path.is_dir() else ArtStyleConfig.from_json_file(path)
         unknown = [k for k in overrides if not hasattr(config, k)]
         if unknown:
             raise ValueError(f"--config_overrides: unknown config field(s) {unknown}")
@@ -306,13 +306,10 @@ def build_dataloader(dataset: SeededItems, batch_size: int, num_workers: int, se
 
 
 def set_data_epoch(dataloader, dataset: SeededItems, epoch: int) -> None:
+    """Select epoch ``epoch``'s shuffle and augmentation seeds (call before iterating)."""
     dataset.set_epoch(epoch)
-    dataloader.set_epoch(epoch) if hasattr(dataloader, "set_epoch") else None
-    sampler = getattr(getattr(dataloader, "batch_sampler", None), "sampler", None)
-    while sampler is not None and not isinstance(sampler, EpochSeededSampler):
-        sampler = getattr(sampler, "sampler", None) or getattr(sampler, "batch_sampler", None)
-    if sampler is not None:
-        sampler.set_epoch(epoch)
+    # accelerate's DataLoaderShard forwards to the sampler, sharded (BatchSamplerShard) or not
+    dataloader.set_epoch(epoch)
 
 
 # --------------------------------------------------------------------------------------------- setup
@@ -605,6 +602,8 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         )
     _, total_steps, num_epochs = training_lengths(len(dataloader), train_args)
     state = TrainingState()
+    state.num_processes = accelerator.num_processes
+    state.per_device_batch_size = train_args.per_device_train_batch_size
     accelerator.register_for_checkpointing(state)
 
     hparams = {k: v for k, v in {**vars(model_args), **vars(data_args), **vars(train_args)}.items()
@@ -613,7 +612,13 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
 
     resume_path = resolve_resume_checkpoint(train_args.resume_from_checkpoint, checkpoint_dir)
     if resume_path is not None:
+        expected = (state.num_processes, state.per_device_batch_size)
         accelerator.load_state(str(resume_path))
+        if (state.num_processes, state.per_device_batch_size) != expected:
+            raise ValueError(
+                f"{resume_path} was written by {state.num_processes} process(es) with --per_device_train_batch_size "
+                f"{state.per_device_batch_size}; exact resume needs the same, got {expected[0]} and {expected[1]}"
+            )
         logger.info(f"Resumed from {resume_path}: {state}")
     elif train_args.resume_from_checkpoint:
         logger.info("No checkpoint to resume from yet: starting from scratch")

@@ -253,6 +253,6 @@ def push_to_hub(
         repo_id=str(getattr(url, "repo_id", repo_id)),
         folder_path=str(output_dir),
         commit_message=commit_message,
-        ignore_patterns=["checkpoints/*", "step_*", "runs/*", "*.tmp*", "logs/*"],
+        ignore_patterns=["checkpoints/*", "step_*/*", "epoch_*/*", ".tmp-*"],  # training checkpoints stay local
     )
     return str(url)

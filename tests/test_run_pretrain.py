@@ -156,6 +156,9 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_last_checkpoint(tmp_pat
     # the output dir now holds checkpoints: a plain rerun refuses to mix runs
     with pytest.raises(ValueError, match="resume_from_checkpoint"):
         main(args)
+    # exact resume needs the same data layout
+    with pytest.raises(ValueError, match="per_device_train_batch_size 8"):
+        main(tiny_args(tmp_path, "out", "--resume_from_checkpoint", "latest", batch=4))
 
 
 # --------------------------------------------------------------------------------------------- subprocesses
@@ -209,12 +212,12 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path):
 
 def test_two_processes_keep_replicas_identical(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "run_pretrain.py"), *tiny_args(tmp_path, "ddp", steps=3, batch=4)]
+           str(ROOT / "run_pretrain.py"), *tiny_args(tmp_path, "ddp", steps=2, batch=4)]
     run = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-4000:]
     results = json.loads((tmp_path / "ddp" / "all_results.json").read_text())
     assert results["world_size"] == 2
-    assert results["global_batch_size"] == 8 and results["images_seen"] == 24
+    assert results["global_batch_size"] == 8 and results["images_seen"] == 16
     # invariant: after the same steps every replica holds the same student, teacher and queue
     # (BatchNorm statistics stay per process on CPU, where torch has no SyncBatchNorm)
     checksums = results["replica_checksums"]
@@ -224,7 +227,7 @@ def test_two_processes_keep_replicas_identical(tmp_path):
     # the queue received the keys of the whole global batch (2 processes x 4) at every step
     weights = _weights(tmp_path / "ddp")
     (ptr_key,) = [k for k in weights if k.endswith("queue_ptr")]
-    assert int(weights[ptr_key]) == (3 * 8) % TINY["queue_size"]
+    assert int(weights[ptr_key]) == (2 * 8) % TINY["queue_size"]
 
 
 def _write_bad_image_folder(root):
@@ -255,4 +258,13 @@ def test_bad_images_are_skipped_and_counted(tmp_path):
     assert results["train_steps"] == 4
     assert results["skipped_images"] == 3
     assert results["images_seen"] == 13
-    assert list((tmp_path / "bad" / "runs").rglob("events.out.tfevents*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logs = [EventAccumulator(str(p)).Reload() for p in (tmp_path / "bad" / "runs").rglob("events.out.tfevents*")]
+    (logged,) = [log for log in logs if "train/lr" in log.Tags()["scalars"]]
+    tags = set(logged.Tags()["scalars"])
+    expected = {f"train/{t}" for t in run_pretrain.LOSS_TERMS} | {
+        "train/lr", "train/momentum", "train/weight_decay", "train/images_per_second", "train/skipped_images"}
+    assert expected <= tags
+    assert [e.step for e in logged.Scalars("train/lr")] == [1, 2, 3, 4]
+    assert logged.Scalars("train/skipped_images")[-1].value == 3

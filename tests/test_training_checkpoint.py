@@ -52,7 +52,7 @@ def test_training_state_round_trip():
     other = TrainingState()
     other.load_state_dict(state.state_dict())
     assert other.state_dict() == {"step": 7, "epoch": 1, "batches_in_epoch": 3, "skipped_images": 2,
-                                  "images_seen": 0}
+                                  "images_seen": 0, "num_processes": 0, "per_device_batch_size": 0}
 
 
 class RandomItems(Dataset):

@@ -35,7 +35,8 @@ class TrainingState:
     ``step``: optimisation steps done; ``epoch``: current epoch; ``batches_in_epoch``: batches
     (per process) already consumed in that epoch, skipped with ``skip_first_batches`` on resume;
     ``skipped_images``: undecodable images skipped so far, summed over processes;
-    ``images_seen``: images trained on, summed over processes.
+    ``images_seen``: images trained on, summed over processes; ``num_processes`` and
+    ``per_device_batch_size``: the data layout, which a resume must match (0 = not recorded).
     """
 
     def __init__(self) -> None:
@@ -44,13 +45,15 @@ class TrainingState:
         self.batches_in_epoch = 0
         self.skipped_images = 0
         self.images_seen = 0
+        self.num_processes = 0
+        self.per_device_batch_size = 0
 
     def state_dict(self) -> dict:
         return dict(vars(self))
 
     def load_state_dict(self, state: dict) -> None:
         for key in vars(self):
-            setattr(self, key, int(state[key]))
+            setattr(self, key, int(state.get(key, getattr(self, key))))
 
     def __repr__(self) -> str:
         return f"TrainingState({self.state_dict()})"
