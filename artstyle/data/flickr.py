@@ -26,6 +26,7 @@ FLICKR_LAYOUT = """\
     flickr_style.csv[.gz]     the published CSV (or pass metadata_file=...), columns:
                               image_url, label (0-19 index or style name), _split (train/test) [optional]
     images/<url basename>     the downloaded images (or pass image_dir=...)
+    [style_names.txt]         optional class names, one per line, in label-index order
   Without a split column the split is stratified 60/20/20 train/validation/test (seed)."""
 
 _URL_COLUMNS = ("image_url", "url", "image", "flickr_url")
@@ -87,7 +88,11 @@ class FlickrStyle(LocalImageBuilder):
             )
 
         raw_labels = [row[label_col].strip() for row in rows]
-        class_names = self._class_names(raw_labels, csv_path)
+        names_file = data_dir / "style_names.txt"
+        if names_file.is_file():  # caffe's examples/finetune_flickr_style/style_names.txt, one name per line
+            class_names = [n.strip() for n in names_file.read_text(encoding="utf-8").splitlines() if n.strip()]
+        else:
+            class_names = self._class_names(raw_labels, csv_path)
         index = {name: i for i, name in enumerate(class_names)}
         on_disk = set(os.listdir(image_dir))
         examples, example_splits, missing = [], [], []

@@ -91,6 +91,7 @@ def test_pandora_stratified_deterministic_split(pandora_tree, tmp_path, caplog):
     assert all("/artist_" in p for p in _paths(ds["train"]))  # found recursively
     with_val = load_style_dataset("pandora18k", data_dir=root, cache_dir=tmp_path / "c1", validation_size=0.1)
     assert {k: v.num_rows for k, v in with_val.items()} == {"train": 21, "validation": 3, "test": 6}
+    assert _paths(with_val["test"]) == _paths(ds["test"])  # validation is carved from train only
 
 
 def test_pandora_presplit_and_errors(tmp_path, make_image):
@@ -133,6 +134,13 @@ def test_flickr_without_split_column_uses_60_20_20(flickr_tree, tmp_path):
     # per class of 3 images: 1 validation + 1 test; the class with 2 images (one missing) keeps both in train
     assert sizes == {"train": 21, "validation": 19, "test": 19}
     assert sorted(ds["test"]["label"]) == [c for c in range(20) if c != 10]
+
+
+def test_flickr_style_names_file(flickr_tree, tmp_path):
+    names = [f"style{k:02d}" for k in range(20)]
+    (flickr_tree["root"] / "style_names.txt").write_text("\n".join(names) + "\n")
+    ds = load_style_dataset("flickr", data_dir=flickr_tree["root"], cache_dir=tmp_path / "c")
+    assert ds["train"].features["label"].names == names
 
 
 def test_flickr_errors(tmp_path, flickr_tree):
