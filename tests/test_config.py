@@ -1,6 +1,7 @@
 import pytest
 
 from artstyle import ArtStyleConfig
+
 from conftest import tiny_config
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification, pipeline
 
 from artstyle import ArtStyleForImageClassification, ArtStyleForPretraining, ArtStyleModel, build_image_processor
+
 from conftest import tiny_config
 
 

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
 
 from artstyle import ArtStyleForImageClassification, ArtStyleForPretraining, ArtStyleModel
+
+from conftest import tiny_config
 
 
 def _views(batch=4, size=32, seed=0):
