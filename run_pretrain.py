@@ -411,104 +411,128 @@ def state_checksums(model: torch.nn.Module) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------------------------- loop
-def train(
-    accelerator: Accelerator,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    dataloader,
-    dataset: SeededItems,
-    state: TrainingState,
-    train_args: PretrainingArguments,
-    config: ArtStyleConfig,
-    total_steps: int,
-    num_epochs: int,
-    checkpoint_dir: Path,
-) -> dict[str, float]:
-    """Run the optimisation from ``state`` to ``total_steps``; returns the last step's mean losses.
+@dataclass
+class PretrainLoop:
+    """The optimisation loop, from ``state`` (fresh or restored) to ``total_steps``.
 
-    Raises ``FloatingPointError`` naming the step at the first non-finite loss, before the
-    backward pass and without saving a checkpoint.
+    Steps are counted on ``accelerator.sync_gradients``; the learning rate and weight decay are set
+    and the teacher EMA is applied (``momentum=`` of the model's forward) once per optimisation
+    step, before its first micro-batch. `run` raises ``FloatingPointError`` naming the step at the
+    first non-finite loss, before the backward pass and without writing a checkpoint.
     """
-    device = accelerator.device
-    progress = tqdm(range(total_steps), initial=state.step, desc="pretraining",
-                    disable=not accelerator.is_local_main_process)
-    last_losses: dict[str, float] = {}
-    sums = torch.zeros(len(LOSS_TERMS), device=device)
-    micro = 0
-    window_images, window_start = 0, time.perf_counter()
-    resume_skip = state.batches_in_epoch
-    model.train()
-    while state.step < total_steps and state.epoch < num_epochs:
-        set_data_epoch(dataloader, dataset, state.epoch)
-        loader = accelerator.skip_first_batches(dataloader, resume_skip) if resume_skip else dataloader
-        resume_skip = 0
-        for batch in loader:
-            state.batches_in_epoch += 1
-            # one collective: undecodable images, and whether any process got an all-bad batch
-            skipped = train_args.per_device_train_batch_size if batch is None else batch["num_skipped"]
-            flags = accelerator.reduce(torch.tensor([skipped, batch is None], dtype=torch.float64, device=device),
-                                       "sum")
-            state.skipped_images += int(flags[0].item())
-            if flags[1] > 0:
-                continue  # every process drops this micro-batch, so collectives stay in step
-            values = schedule_values(state.step, total_steps, train_args, config)
-            if micro == 0:
-                set_optimizer_values(optimizer, values["lr"], values["weight_decay"])
-            with accelerator.accumulate(model):
-                outputs = model(
-                    pixel_values=batch["pixel_values"],
-                    pixel_values_2=batch["pixel_values_2"],
-                    # EMA update once per optimisation step, before its first teacher forward
-                    momentum=values["momentum"] if micro == 0 else None,
-                )
-                terms = torch.stack([getattr(outputs, name).detach().float() for name in LOSS_TERMS])
-                terms = accelerator.reduce(terms, "mean")
-                if not torch.isfinite(terms).all():
-                    raise FloatingPointError(
-                        f"Non-finite loss at step {state.step + 1} (epoch {state.epoch}): "
-                        + ", ".join(f"{n}={v:.4g}" for n, v in zip(LOSS_TERMS, terms.tolist()))
-                        + f". Training stopped; the last good checkpoint is {latest_checkpoint(checkpoint_dir)}."
-                    )
-                accelerator.backward(outputs.loss)
-                if accelerator.sync_gradients and train_args.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), train_args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            sums += terms
-            micro += 1
-            images = int(batch["pixel_values"].shape[0]) * accelerator.num_processes
-            window_images += images
-            state.images_seen += images
-            if not accelerator.sync_gradients:
-                continue
-            state.step += 1
-            last_losses = {name: value / micro for name, value in zip(LOSS_TERMS, sums.tolist())}
-            sums.zero_()
-            micro = 0
-            progress.update(1)
-            progress.set_postfix(loss=f"{last_losses['loss']:.4f}")
-            if state.step % train_args.logging_steps == 0 or state.step == total_steps:
-                elapsed = max(time.perf_counter() - window_start, 1e-9)
-                accelerator.log(
-                    {**{f"train/{k}": v for k, v in last_losses.items()},
-                     "train/lr": values["lr"], "train/momentum": values["momentum"],
-                     "train/weight_decay": values["weight_decay"], "train/images_per_second": window_images / elapsed,
-                     "train/skipped_images": state.skipped_images, "train/epoch": state.epoch},
-                    step=state.step,
-                )
-                window_images, window_start = 0, time.perf_counter()
-            if train_args.checkpointing_steps and state.step % train_args.checkpointing_steps == 0:
-                path = save_checkpoint(accelerator, checkpoint_dir, state.step, train_args.checkpoints_total_limit)
-                logger.info(f"Saved checkpoint {path}")
-            if state.step >= total_steps:
+
+    accelerator: Accelerator
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    dataloader: Any
+    dataset: SeededItems
+    state: TrainingState
+    train_args: PretrainingArguments
+    config: ArtStyleConfig
+    total_steps: int
+    num_epochs: int
+    checkpoint_dir: Path
+    last_losses: dict = field(default_factory=dict)
+
+    def run(self) -> dict[str, float]:
+        """Train to the end; returns the last optimisation step's losses (mean over processes)."""
+        state = self.state
+        self.progress = tqdm(range(self.total_steps), initial=state.step, desc="pretraining",
+                             disable=not self.accelerator.is_local_main_process)
+        self._sums = torch.zeros(len(LOSS_TERMS), device=self.accelerator.device)
+        self._micro = 0
+        self._window_images, self._window_start = 0, time.perf_counter()
+        self.model.train()
+        while state.step < self.total_steps and state.epoch < self.num_epochs:
+            if self.run_epoch():
                 break
-        else:
             state.epoch += 1
             state.batches_in_epoch = 0
-            continue
-        break
-    progress.close()
-    return last_losses
+        self.progress.close()
+        return self.last_losses
+
+    def run_epoch(self) -> bool:
+        """Train on epoch ``state.epoch`` from batch ``state.batches_in_epoch``; True when all steps are done."""
+        set_data_epoch(self.dataloader, self.dataset, self.state.epoch)
+        loader = self.dataloader
+        if self.state.batches_in_epoch:  # resumed mid-epoch: skip the batches already trained on
+            loader = self.accelerator.skip_first_batches(self.dataloader, self.state.batches_in_epoch)
+        for batch in loader:
+            self.state.batches_in_epoch += 1
+            if self.count_skipped(batch):
+                continue
+            self.train_micro_batch(batch)
+            if self.accelerator.sync_gradients:
+                self.end_step()
+                if self.state.step >= self.total_steps:
+                    return True
+        return False
+
+    def count_skipped(self, batch: dict | None) -> bool:
+        """Add the undecodable images of all processes to the count (one collective); True when some
+        process got an all-bad batch, which every process then drops so collectives stay in step."""
+        per_device = self.train_args.per_device_train_batch_size
+        skipped = per_device if batch is None else batch["num_skipped"]
+        flags = torch.tensor([skipped, batch is None], dtype=torch.float64, device=self.accelerator.device)
+        flags = self.accelerator.reduce(flags, "sum")
+        self.state.skipped_images += int(flags[0].item())
+        return bool(flags[1] > 0)
+
+    def train_micro_batch(self, batch: dict) -> None:
+        accelerator, state = self.accelerator, self.state
+        self.values = schedule_values(state.step, self.total_steps, self.train_args, self.config)
+        first = self._micro == 0
+        if first:
+            set_optimizer_values(self.optimizer, self.values["lr"], self.values["weight_decay"])
+        with accelerator.accumulate(self.model):
+            outputs = self.model(
+                pixel_values=batch["pixel_values"],
+                pixel_values_2=batch["pixel_values_2"],
+                momentum=self.values["momentum"] if first else None,  # one EMA update per optimisation step
+            )
+            terms = torch.stack([getattr(outputs, name).detach().float() for name in LOSS_TERMS])
+            terms = accelerator.reduce(terms, "mean")
+            if not torch.isfinite(terms).all():
+                raise FloatingPointError(
+                    f"Non-finite loss at step {state.step + 1} (epoch {state.epoch}): "
+                    + ", ".join(f"{n}={v:.4g}" for n, v in zip(LOSS_TERMS, terms.tolist()))
+                    + f". Training stopped; the last good checkpoint is {latest_checkpoint(self.checkpoint_dir)}."
+                )
+            accelerator.backward(outputs.loss)
+            if accelerator.sync_gradients and self.train_args.max_grad_norm:
+                accelerator.clip_grad_norm_(self.model.parameters(), self.train_args.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self._sums += terms
+        self._micro += 1
+        images = int(batch["pixel_values"].shape[0]) * accelerator.num_processes
+        self._window_images += images
+        state.images_seen += images
+
+    def end_step(self) -> None:
+        """After an optimisation step: progress, logging, checkpoint."""
+        state, train_args = self.state, self.train_args
+        state.step += 1
+        self.last_losses = {name: value / self._micro for name, value in zip(LOSS_TERMS, self._sums.tolist())}
+        self._sums.zero_()
+        self._micro = 0
+        self.progress.update(1)
+        self.progress.set_postfix(loss=f"{self.last_losses['loss']:.4f}")
+        if state.step % train_args.logging_steps == 0 or state.step == self.total_steps:
+            elapsed = max(time.perf_counter() - self._window_start, 1e-9)
+            self.accelerator.log(
+                {**{f"train/{k}": v for k, v in self.last_losses.items()},
+                 "train/lr": self.values["lr"], "train/momentum": self.values["momentum"],
+                 "train/weight_decay": self.values["weight_decay"],
+                 "train/images_per_second": self._window_images / elapsed,
+                 "train/skipped_images": state.skipped_images, "train/epoch": state.epoch},
+                step=state.step,
+            )
+            self._window_images, self._window_start = 0, time.perf_counter()
+        if train_args.checkpointing_steps and state.step % train_args.checkpointing_steps == 0:
+            path = save_checkpoint(self.accelerator, self.checkpoint_dir, state.step,
+                                   train_args.checkpoints_total_limit)
+            logger.info(f"Saved checkpoint {path}")
 
 
 # --------------------------------------------------------------------------------------------- saving
@@ -627,8 +651,8 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
                 f"{accelerator.num_processes} process(es) *****")
     start = time.perf_counter()
     start_step = state.step
-    losses = train(accelerator, model, optimizer, dataloader, dataset, state, train_args, config, total_steps,
-                   num_epochs, checkpoint_dir)
+    losses = PretrainLoop(accelerator, model, optimizer, dataloader, dataset, state, train_args, config, total_steps,
+                          num_epochs, checkpoint_dir).run()
     runtime = time.perf_counter() - start
     checksums = gather_object([state_checksums(accelerator.unwrap_model(model))])
 
