@@ -24,11 +24,11 @@ TINY = {"backbone_depth": 2, "image_size": 32, "patch_size": 8, "queue_size": 64
         "projection_dim": 32, "distill_hidden_dim": 32, "layer_head_dim": 32, "style_dim": 32, "gram_dim": 8}
 
 
-def tiny_args(tmp_path, out="out", *extra, steps=4, batch=8):
+def tiny_args(tmp_path, out="out", *extra, steps=4, batch=8, num_images=48):
     cache = tmp_path / "cache"
     return [
         "--config_overrides", json.dumps(TINY),
-        "--dataset_options", json.dumps({"num_images": 48, "image_size": 32, "cache_dir": str(cache)}),
+        "--dataset_options", json.dumps({"num_images": num_images, "image_size": 32, "cache_dir": str(cache)}),
         "--output_dir", str(tmp_path / out),
         "--per_device_train_batch_size", str(batch),
         "--max_train_steps", str(steps),
@@ -182,13 +182,14 @@ KILLER = textwrap.dedent("""
 
 def test_kill_9_then_resume_is_bit_identical(tmp_path):
     steps = ["--checkpointing_steps", "2"]
-    killed = subprocess.run([sys.executable, "-c", KILLER, *tiny_args(tmp_path, "killed", *steps, steps=6)],
+    small = {"steps": 5, "batch": 4, "num_images": 24}  # demo train split: 12 images = 3 batches per epoch
+    killed = subprocess.run([sys.executable, "-c", KILLER, *tiny_args(tmp_path, "killed", *steps, **small)],
                             env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     checkpoints = tmp_path / "killed" / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == [".tmp-step_4", "step_2"]
 
-    resumed = main(tiny_args(tmp_path, "killed", *steps, "--resume_from_checkpoint", "latest", steps=6))
+    resumed = main(tiny_args(tmp_path, "killed", *steps, "--resume_from_checkpoint", "latest", **small))
     assert resumed["resumed_from"].endswith("step_2")
     assert not (checkpoints / ".tmp-step_4").exists()
     torch.use_deterministic_algorithms(False)
@@ -196,9 +197,9 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path):
 
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
-    straight = main(tiny_args(tmp_path, "straight", *steps, steps=6))
+    straight = main(tiny_args(tmp_path, "straight", *steps, **small))
 
-    # 6 steps over 4 batches per epoch: the resume starts mid-epoch 0 and crosses into epoch 1
+    # 5 steps over 3 batches per epoch: the resume starts mid-epoch 0 and crosses into epoch 1
     assert straight["epochs"] == resumed["epochs"] == 2
     assert resumed["train_loss"] == straight["train_loss"]
     a, b = _weights(tmp_path / "killed"), _weights(tmp_path / "straight")
