@@ -5,11 +5,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
 from PIL import Image
 
 from artstyle import ArtStyleForImageClassification, build_image_processor
 from artstyle.cli import expand_inputs, format_predictions_table, predict_main
+
+from conftest import tiny_config
 
 NAMES = ["impressionism", "cubism", "pop_art"]
 

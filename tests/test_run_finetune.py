@@ -4,12 +4,13 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config
 from safetensors.torch import load_file
 
 import run_finetune
 from artstyle import ArtStyleForImageClassification
 from artstyle.evaluation import knn_classify, layer_decay_param_groups, train_linear_probe
+
+from conftest import tiny_config
 
 # ---------------------------------------------------------------------------------------- units
 
@@ -98,7 +99,8 @@ def finetuned(tmp_path_factory, demo_options):
     results = run_finetune.main([
         "--model_name_or_path", "none", "--config_preset", "tiny", "--backbone_depth", "2", "--image_size", "32",
         "--dataset_options", demo_options, "--output_dir", str(output), "--max_train_steps", "2",
-        "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--warmup_epochs", "0",
+        "--per_device_train_batch_size", "7", "--per_device_eval_batch_size", "16", "--warmup_epochs", "0",
+        "--mixup", "0.8", "--cutmix", "1.0", "--gradient_accumulation_steps", "2",
     ])
     return output, results
 

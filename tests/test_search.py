@@ -5,12 +5,13 @@ import os
 
 import numpy as np
 import pytest
-from conftest import tiny_config
 from PIL import Image
 
 from artstyle import ArtStyleModel, build_image_processor
 from artstyle.cli import similar_main
 from artstyle.search import StyleEmbedder, StyleIndex, list_images, update_index
+
+from conftest import tiny_config
 
 
 def _write_image(path, seed, size=40):
