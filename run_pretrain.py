@@ -536,6 +536,11 @@ class PretrainLoop:
 
 
 # --------------------------------------------------------------------------------------------- saving
+def hub_repo_id(train_args: PretrainingArguments) -> str:
+    """--hub_model_id, or the output folder's name."""
+    return train_args.hub_model_id or Path(train_args.output_dir).resolve().name
+
+
 def save_final(
     accelerator: Accelerator,
     model: torch.nn.Module,
@@ -576,7 +581,7 @@ def save_final(
             config=unwrapped.config,
             training_summary=summary,
             base_model=model_args.model_name_or_path,
-            model_id=train_args.hub_model_id,
+            model_id=hub_repo_id(train_args) if train_args.push_to_hub else train_args.output_dir,
         )
     accelerator.wait_for_everyone()
     return output_dir
@@ -672,9 +677,8 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     }
     save_final(accelerator, model, config, model_args, data_args, train_args, results)
     if train_args.push_to_hub and accelerator.is_main_process:
-        repo_id = train_args.hub_model_id or output_dir.resolve().name
-        url = push_to_hub(output_dir, repo_id, token=train_args.hub_token, private=train_args.hub_private_repo,
-                          commit_message=f"Pretraining: {state.step} steps")
+        url = push_to_hub(output_dir, hub_repo_id(train_args), token=train_args.hub_token,
+                          private=train_args.hub_private_repo, commit_message=f"Pretraining: {state.step} steps")
         logger.info(f"Pushed to {url}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
