@@ -636,7 +636,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     accelerator.register_for_checkpointing(state)
 
     hparams = {k: v for k, v in {**vars(model_args), **vars(data_args), **vars(train_args)}.items()
-               if isinstance(v, (int, float, str, bool))}
+               if isinstance(v, (int, float, str, bool)) and k != "hub_token"}  # never log the token
     accelerator.init_trackers("artstyle_pretrain", config=hparams)
 
     resume_path = resolve_resume_checkpoint(train_args.resume_from_checkpoint, checkpoint_dir)

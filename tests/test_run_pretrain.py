@@ -255,7 +255,7 @@ def test_bad_images_are_skipped_and_counted(tmp_path):
                                                              "validation_size": 0.0})
     args[args.index("--report_to") + 1] = "tensorboard"
     results = main([*args, "--dataset", "imagefolder", "--data_dir", str(tmp_path / "images"),
-                    "--num_train_epochs", "1", "--max_train_steps", "4"])
+                    "--num_train_epochs", "1", "--max_train_steps", "4", "--hub_token", "hf_SECRET"])
     assert results["train_steps"] == 4
     assert results["skipped_images"] == 3
     assert results["images_seen"] == 13
@@ -269,3 +269,4 @@ def test_bad_images_are_skipped_and_counted(tmp_path):
     assert expected <= tags
     assert [e.step for e in logged.Scalars("train/lr")] == [1, 2, 3, 4]
     assert logged.Scalars("train/skipped_images")[-1].value == 3
+    assert not any(b"hf_SECRET" in p.read_bytes() for p in (tmp_path / "bad").rglob("*") if p.is_file())
