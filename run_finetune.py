@@ -108,7 +108,9 @@ class FinetuneArguments:
     knn: bool = field(default=False, metadata={"help": "Only evaluate frozen features with a weighted kNN."})
     knn_k: int = field(default=20, metadata={"help": "Neighbours of the kNN classifier."})
     knn_temperature: float = field(default=0.07, metadata={"help": "Temperature of the kNN vote weights."})
-    num_train_epochs: int = field(default=10, metadata={"help": "Fine-tuning epochs."})
+    num_train_epochs: int = field(
+        default=5, metadata={"help": "Fine-tuning epochs (5 keeps the demo to a few minutes on 2 CPU cores)."}
+    )
     max_train_steps: int | None = field(default=None, metadata={"help": "If set, overrides num_train_epochs."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device (training)."})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Batch size per device (evaluation)."})
@@ -165,6 +167,8 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, train_ar
         raise ValueError("--backbone_depth / --image_size only apply with --model_name_or_path none")
     if from_scratch and (train_args.linear_probe or train_args.knn):
         logger.warning("Evaluating a randomly initialised encoder (--model_name_or_path none)")
+    if not from_scratch:
+        check_model_source(model_args.model_name_or_path)
     if train_args.metric_for_best_model not in SCALAR_METRICS:
         raise ValueError(f"--metric_for_best_model must be one of {SCALAR_METRICS}")
     for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
@@ -327,6 +331,17 @@ def build_dataloaders(
 # ------------------------------------------------------------------------------------------------
 
 
+def check_model_source(source: str) -> None:
+    """A local-looking ``--model_name_or_path`` must hold a saved model (else it would be tried on the Hub)."""
+    looks_local = os.path.exists(source) or source.startswith((".", "/", "~")) or source.count("/") != 1
+    if looks_local and not os.path.isfile(os.path.join(os.path.expanduser(source), "config.json")):
+        raise FileNotFoundError(
+            f"--model_name_or_path {source!r}: no saved model there. Run `python run_pretrain.py` first, "
+            "pass a pretraining folder or Hub id, or train from scratch with "
+            "`--model_name_or_path none --config_preset tiny`."
+        )
+
+
 def build_model(model_args: ModelArguments, label_names: list[str], multi_label: bool):
     """`ArtStyleForImageClassification` from a pretraining / classifier folder, a Hub id, or a preset."""
     from artstyle import ArtStyleConfig, ArtStyleForImageClassification
@@ -347,13 +362,7 @@ def build_model(model_args: ModelArguments, label_names: list[str], multi_label:
             overrides["image_size"] = model_args.image_size
         config = getattr(ArtStyleConfig, model_args.config_preset)(**overrides)
         return ArtStyleForImageClassification(config)
-    looks_local = os.path.exists(source) or source.startswith((".", "/", "~")) or source.count("/") != 1
-    if looks_local and not os.path.isfile(os.path.join(os.path.expanduser(source), "config.json")):
-        raise FileNotFoundError(
-            f"--model_name_or_path {source!r}: no saved model there. Run `python run_pretrain.py` first, "
-            "pass a pretraining folder or Hub id, or train from scratch with "
-            "`--model_name_or_path none --config_preset tiny`."
-        )
+    check_model_source(source)
     return ArtStyleForImageClassification.from_pretrained(
         os.path.expanduser(source), drop_path_rate=model_args.drop_path_rate, ignore_mismatched_sizes=True,
         **label_kwargs,
