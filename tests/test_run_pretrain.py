@@ -11,6 +11,7 @@ from unittest import mock
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState, GradientState
 from huggingface_hub import HfApi, ModelCard
 from PIL import Image
 from safetensors.torch import load_file
@@ -43,8 +44,6 @@ def tiny_args(tmp_path, out="out", *extra, steps=4, batch=8, num_images=48):
 @pytest.fixture(autouse=True)
 def _reset_global_state():
     yield
-    from accelerate.state import AcceleratorState, GradientState
-
     torch.use_deterministic_algorithms(False)
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
@@ -132,6 +131,15 @@ def test_final_folder_card_and_push_to_hub_patched(tmp_path):
     # the teacher and the queue are saved with the pretraining model
     assert any(k.endswith("queue") for k in _weights(out))
 
+    # pretraining continues from the saved folder: weights, teacher and queue are loaded from it
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    with mock.patch.object(run_pretrain.ArtStyleForPretraining, "from_pretrained",
+                           wraps=run_pretrain.ArtStyleForPretraining.from_pretrained) as loaded:
+        again = main(tiny_args(tmp_path, "again", "--model_name_or_path", str(out), steps=1))
+    assert loaded.call_args.args[0] == str(out) and again["train_steps"] == 1
+    assert f"`{out}`" in (tmp_path / "again" / "README.md").read_text()  # base model named in the card
+
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_last_checkpoint(tmp_path):
     original = ArtStyleForPretraining.forward
@@ -193,8 +201,6 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path):
     assert resumed["resumed_from"].endswith("step_2")
     assert not (checkpoints / ".tmp-step_4").exists()
     torch.use_deterministic_algorithms(False)
-    from accelerate.state import AcceleratorState, GradientState
-
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     straight = main(tiny_args(tmp_path, "straight", *steps, **small))
