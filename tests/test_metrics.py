@@ -96,3 +96,21 @@ def test_bad_inputs_raise_clear_errors(metrics):
         metrics[0].compute(predictions=SCORES, references=[0, 1, 2, 3, 4, 0, 0, 0])
     with pytest.raises(ValueError, match="multilabel references must have shape"):
         metrics[1].compute(predictions=SCORES, references=[[1, 0]] * 8)
+
+
+def test_plots_per_class_accuracy_and_files(tmp_path):
+    from PIL import Image
+
+    from artstyle.plots import per_class_accuracy, plot_confusion_matrix, plot_per_class_accuracy
+
+    confusion = [[3, 1, 0], [0, 0, 0], [1, 1, 2]]
+    accuracy = per_class_accuracy(confusion)
+    assert accuracy[0] == pytest.approx(0.75) and np.isnan(accuracy[1]) and accuracy[2] == pytest.approx(0.5)
+    names = ["a", "b", "c"]
+    for plot, name in ((plot_confusion_matrix, "cm.png"), (plot_per_class_accuracy, "acc.png")):
+        path = plot(confusion, names, tmp_path / "sub" / name)
+        assert Image.open(path).size[0] > 100
+    with pytest.raises(ValueError, match="class_names has 2 names"):
+        plot_confusion_matrix(confusion, ["a", "b"], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="must be square"):
+        plot_per_class_accuracy([[1, 2]], ["a"], tmp_path / "x.png")
