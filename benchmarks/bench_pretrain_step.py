@@ -1,0 +1,381 @@
+"""Cost of one artstyle pretraining step against its lower bound and against the MoCo v3 baseline (DESIGN §5).
+
+Three settings are timed in ONE process, on the same input, with the measurements interleaved (a, b, c, a, b, c, ...)
+so that machine noise (other processes, thermal, turbo) hits them alike:
+
+  (a) floor    — the bare timm ViT (``artstyle.modeling_artstyle.build_backbone(config)``): student forward+backward on
+                 two views, a frozen copy (the teacher) forward on two views under ``no_grad``, AdamW step.
+                 A trivial symmetric dot-product loss joins the two student outputs; no heads, no EMA, no queue.
+  (b) baseline — ``ArtStyleForPretraining(config.moco_v3_baseline())``: forward(x1, x2, momentum=0.99) (teacher EMA
+                 inside) + backward + AdamW step.
+  (c) full     — ``ArtStyleForPretraining(config)`` with the default weights, same step.
+
+``--breakdown`` adds the baseline with ONE component switched on at a time (layer-wise contrast, distillation, soft
+contrast, Gram), so that a missed target can be pinned on a component.
+
+Time: median over ``--steps`` measured steps after ``--warmup`` steps (per setting). Peak memory: on CUDA,
+``torch.cuda.max_memory_allocated`` during one step (reset before it) minus the memory held by the OTHER settings'
+models; on CPU, the peak of the summed bytes of the tensors autograd saves for backward (unique storages, parameters
+excluded; collected with ``torch.autograd.graph.saved_tensors_hooks``) plus the bytes of parameters, buffers,
+gradients and optimizer state. The CPU figure is a model of the memory the step needs, not an allocator reading.
+It is printed on CUDA too, for comparison.
+
+The last line of the output is exactly ``floor_ratio=<b/a> full_ratio=<c/b> memory_ratio=<mem c/mem b>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from artstyle import ArtStyleConfig, ArtStyleForPretraining
+from artstyle.modeling_artstyle import build_backbone
+
+TARGETS = {"floor_ratio": 1.10, "full_ratio": 1.25, "memory_ratio": 1.30}
+MOMENTUM = 0.99
+
+
+# ---------------------------------------------------------------------------------------------- arguments
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config_preset", "--backbone", dest="config_preset", default="tiny",
+                        choices=["tiny", "vit_small", "vit_base"], help="ArtStyleConfig preset (backbone + heads).")
+    parser.add_argument("--image_size", type=int, default=None, help="Input size (default: the preset's).")
+    parser.add_argument("--batch_size", type=int, default=32, help="Images per view.")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="fp32, or torch.autocast with bf16/fp16 (fp16 adds a GradScaler).")
+    parser.add_argument("--steps", type=int, default=20, help="Measured steps per setting (median taken).")
+    parser.add_argument("--warmup", type=int, default=3, help="Unmeasured steps per setting first.")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="Also time the baseline with each component switched on alone.")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU; default: torch's).")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, help="Also write the results to this JSON file.")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0 or args.batch_size < 2:
+        parser.error("--steps must be >= 1, --warmup >= 0 and --batch_size >= 2 (BatchNorm in the heads)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda given but torch.cuda.is_available() is False")
+    return args
+
+
+def build_config(args: argparse.Namespace) -> ArtStyleConfig:
+    overrides = {} if args.image_size is None else {"image_size": args.image_size}
+    return ArtStyleConfig.from_preset(args.config_preset, **overrides)
+
+
+def component_configs(config: ArtStyleConfig) -> dict[str, ArtStyleConfig]:
+    """The baseline with exactly one component of the full method switched on (for ``--breakdown``)."""
+    baseline = config.moco_v3_baseline()
+    variants = {}
+    for name, changes in (("+layerwise", {"weight_layerwise": config.weight_layerwise}),
+                          ("+distill", {"weight_distill": config.weight_distill}),
+                          ("+soft", {"soft_alpha": config.soft_alpha}),
+                          ("+gram", {"weight_gram": config.weight_gram})):
+        variant = copy.deepcopy(baseline)
+        for key, value in changes.items():
+            setattr(variant, key, value)
+        variant.validate_artstyle()
+        variants[name] = variant
+    return variants
+
+
+# ---------------------------------------------------------------------------------------------- settings
+@dataclass
+class Setting:
+    """One thing to time: its modules, optimizer and a ``step()`` closure."""
+
+    name: str
+    modules: list[torch.nn.Module]
+    optimizer: torch.optim.Optimizer
+    step: callable
+    times: list[float] = field(default_factory=list)
+    peak_bytes: int | None = None  # CUDA allocator peak attributable to this setting
+    model_bytes: int | None = None  # saved activations + params + buffers + grads + optimizer state
+    activation_bytes: int | None = None
+    state_bytes: int | None = None
+    backbone_passes: dict[str, int] | None = None
+    module_names: tuple[str, ...] = ()
+
+    def persistent_bytes(self) -> int:
+        """Parameters, buffers, existing gradients and optimizer state of this setting."""
+        seen: set[int] = set()
+        total = 0
+
+        def add(tensor: torch.Tensor | None) -> None:
+            nonlocal total
+            if tensor is None or not torch.is_tensor(tensor):
+                return
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() in seen:
+                return
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+
+        for module in self.modules:
+            for p in module.parameters():
+                add(p)
+                add(p.grad)
+            for b in module.buffers():
+                add(b)
+        for state in self.optimizer.state.values():
+            for value in state.values():
+                add(value)
+        return total
+
+    def grad_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for m in self.modules for p in m.parameters() if p.requires_grad)
+
+
+def autocast_context(device: str, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device, dtype=dtype)
+
+
+def make_optimizer(modules: list[torch.nn.Module]) -> torch.optim.Optimizer:
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05)
+
+
+def make_scaler(device: str, precision: str):
+    return torch.amp.GradScaler(device) if precision == "fp16" else None
+
+
+def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler) -> None:
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def floor_setting(config: ArtStyleConfig, views, args) -> Setting:
+    """(a) bare timm ViT: 2 student forward+backward, 2 teacher forward (no_grad), AdamW."""
+    student = build_backbone(config).to(args.device).train()
+    teacher = build_backbone(config).to(args.device).eval()
+    teacher.load_state_dict(student.state_dict())
+    teacher.requires_grad_(False)
+    optimizer = make_optimizer([student])
+    scaler = make_scaler(args.device, args.precision)
+    x1, x2 = views
+
+    def step() -> None:
+        with autocast_context(args.device, args.precision):
+            s1, s2 = student(x1), student(x2)
+            with torch.no_grad():
+                t1, t2 = teacher(x1), teacher(x2)
+            # the cheapest symmetric loss that makes every student output reach the backward
+            loss = -((s1.float() * t2.float()).sum(-1).mean() + (s2.float() * t1.float()).sum(-1).mean()) / 2
+        backward_and_step(loss, optimizer, scaler)
+
+    return Setting("floor", [student, teacher], optimizer, step, module_names=("student", "teacher"))
+
+
+def model_setting(name: str, config: ArtStyleConfig, views, args) -> Setting:
+    """(b)/(c): ArtStyleForPretraining forward (with teacher EMA) + backward + AdamW."""
+    model = ArtStyleForPretraining(config).to(args.device).train()
+    optimizer = make_optimizer([model])
+    scaler = make_scaler(args.device, args.precision)
+    x1, x2 = views
+
+    def step() -> None:
+        with autocast_context(args.device, args.precision):
+            loss = model(pixel_values=x1, pixel_values_2=x2, momentum=MOMENTUM).loss
+        backward_and_step(loss, optimizer, scaler)
+
+    return Setting(name, [model], optimizer, step)
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(setting: Setting, device: str) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    setting.step()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+class SavedTensorBytes:
+    """Peak of the summed sizes of the tensors autograd keeps for backward (unique storages, parameters excluded)."""
+
+    def __init__(self, exclude: set[int]):
+        self.exclude = exclude
+        self.live: dict[int, int] = {}
+        self.peak = 0
+
+    def pack(self, tensor: torch.Tensor):
+        storage = tensor.untyped_storage()
+        pointer = storage.data_ptr()
+        if pointer not in self.exclude and pointer not in self.live:
+            self.live[pointer] = storage.nbytes()
+            self.peak = max(self.peak, sum(self.live.values()))
+        return tensor
+
+    @staticmethod
+    def unpack(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+
+def measure_memory(setting: Setting, settings: list[Setting], device: str) -> None:
+    """Saved-activation model (every device) and, on CUDA, the allocator peak of one step of ``setting``."""
+    parameter_storages = {p.untyped_storage().data_ptr() for m in setting.modules for p in m.parameters()}
+    parameter_storages |= {b.untyped_storage().data_ptr() for m in setting.modules for b in m.buffers()}
+    counter = SavedTensorBytes(parameter_storages)
+    with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
+        setting.step()
+    setting.activation_bytes = counter.peak
+    setting.state_bytes = setting.persistent_bytes() + setting.grad_bytes()  # grads are None between steps
+    setting.model_bytes = setting.activation_bytes + setting.state_bytes
+    if device == "cuda":
+        synchronize(device)
+        others = sum(s.persistent_bytes() for s in settings if s is not setting)
+        torch.cuda.reset_peak_memory_stats()
+        setting.step()
+        synchronize(device)
+        setting.peak_bytes = torch.cuda.max_memory_allocated() - others
+
+
+def count_backbone_passes(setting: Setting) -> dict[str, int]:
+    """Run one step with forward hooks on every timm patch embedding: backbone passes per step, by module path."""
+    counts: dict[str, int] = {}
+    handles = []
+    for index, module in enumerate(setting.modules):
+        prefix = setting.module_names[index] if setting.module_names else ""
+        for path, sub in module.named_modules():
+            if path.split(".")[-1] == "patch_embed":
+                key = ".".join(part for part in (prefix, path.removesuffix(".backbone.patch_embed")
+                                                 .removesuffix("patch_embed").rstrip(".")) if part) or "backbone"
+                counts[key] = 0
+
+                def hook(_module, _inputs, _output, key=key):
+                    counts[key] += 1
+
+                handles.append(sub.register_forward_hook(hook))
+    try:
+        setting.step()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------- report
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """Median over rounds of ``numerator[i] / denominator[i]`` (the two were measured back to back)."""
+    return statistics.median(n / d for n, d in zip(numerator, denominator))
+
+
+def mib(value: int | None) -> str:
+    return "n/a" if value is None else f"{value / 2**20:.1f}"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    config = build_config(args)
+    device = torch.device(args.device)
+    shape = (args.batch_size, 3, config.image_size, config.image_size)
+    views = (torch.randn(shape, device=device), torch.randn(shape, device=device))
+
+    settings = [floor_setting(config, views, args),
+                model_setting("baseline", config.moco_v3_baseline(), views, args),
+                model_setting("full", config, views, args)]
+    if args.breakdown:
+        settings += [model_setting(name, variant, views, args) for name, variant in component_configs(config).items()]
+
+    print(f"# artstyle pretraining step benchmark | preset={args.config_preset} backbone={config.backbone} "
+          f"depth={config.num_blocks} width={config.hidden_size} image_size={config.image_size} "
+          f"patch={config.patch_size} batch={args.batch_size} device={args.device} precision={args.precision} "
+          f"torch={torch.__version__} threads={torch.get_num_threads()}", flush=True)
+    print(f"# full config: weights contrastive={config.weight_contrastive} layerwise={config.weight_layerwise} "
+          f"distill={config.weight_distill} gram={config.weight_gram} soft_alpha={config.soft_alpha} "
+          f"pooler={config.pooler} queue_size={config.queue_size} "
+          f"projection_hidden_dim={config.projection_hidden_dim}", flush=True)
+    if args.device == "cuda":
+        print(f"# device: {torch.cuda.get_device_name()}", flush=True)
+
+    for setting in settings:  # warm-up (also allocates the optimizer state before memory is read)
+        for _ in range(max(args.warmup, 1)):
+            setting.step()
+    for setting in settings:
+        setting.backbone_passes = count_backbone_passes(setting)
+        measure_memory(setting, settings, args.device)
+    for index in range(args.steps):  # interleaved: a, b, c, a, b, c, ...
+        for setting in settings:
+            setting.times.append(timed(setting, args.device))
+        if (index + 1) % 5 == 0 or index + 1 == args.steps:
+            print(f"# measured {index + 1}/{args.steps} rounds", flush=True)
+
+    by_name = {s.name: s for s in settings}
+    baseline_time = statistics.median(by_name["baseline"].times)
+    memory_key = "peak_bytes" if args.device == "cuda" else "model_bytes"
+    print(f"{'setting':<12} {'median_s':>9} {'min_s':>8} {'max_s':>8} {'vs_floor':>9} {'vs_base':>8} "
+          f"{'mem_MiB':>9} {'act_MiB':>8} {'state_MiB':>9}  backbone passes/step")
+    results = {}
+    floor_time = statistics.median(by_name["floor"].times)
+    for s in settings:
+        median = statistics.median(s.times)
+        memory = getattr(s, memory_key)
+        print(f"{s.name:<12} {median:9.4f} {min(s.times):8.4f} {max(s.times):8.4f} {median / floor_time:9.3f} "
+              f"{median / baseline_time:8.3f} {mib(memory):>9} {mib(s.activation_bytes):>8} {mib(s.state_bytes):>9}  "
+              f"{s.backbone_passes}")
+        results[s.name] = {"median_s": median, "times_s": s.times, "memory_bytes": memory,
+                           "saved_activation_bytes": s.activation_bytes, "state_bytes": s.state_bytes,
+                           "cuda_peak_bytes": s.peak_bytes, "model_bytes": s.model_bytes,
+                           "backbone_passes": s.backbone_passes}
+    if args.device == "cuda":
+        print("# memory: torch.cuda.max_memory_allocated over one step (reset before), minus the parameters, buffers "
+              "and optimizer state of the other settings held on the GPU at the same time")
+    else:
+        print("# memory (CPU): peak sum of tensors saved for backward (torch.autograd.graph.saved_tensors_hooks, "
+              "unique storages, parameters excluded) + parameters + buffers + gradients + AdamW state")
+    print("# noise: shared machine; compare only ratios from the same run (measurements are interleaved)")
+
+    ratios = {"floor_ratio": baseline_time / floor_time,
+              "full_ratio": statistics.median(by_name["full"].times) / baseline_time,
+              "memory_ratio": getattr(by_name["full"], memory_key) / getattr(by_name["baseline"], memory_key)}
+    paired = {"floor_ratio": paired_ratio(by_name["baseline"].times, by_name["floor"].times),
+              "full_ratio": paired_ratio(by_name["full"].times, by_name["baseline"].times)}
+    print(f"# paired (median over rounds of the per-round ratio, robust to slow drifts of machine load): "
+          f"floor_ratio={paired['floor_ratio']:.3f} full_ratio={paired['full_ratio']:.3f}")
+    spread = max(max(s.times) / min(s.times) for s in settings)
+    if spread > 1.5:
+        print(f"# WARNING: noisy machine (slowest/fastest step of one setting up to {spread:.1f}x): treat the "
+              "ratios as indicative; rerun on an idle machine or with --threads 1")
+    for key, value in ratios.items():
+        verdict = "ok" if value <= TARGETS[key] else "MISSED"
+        print(f"# target {key} <= {TARGETS[key]:.2f}: {value:.3f} {verdict}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"args": vars(args), "results": results, "ratios": ratios, "paired_ratios": paired,
+                       "targets": TARGETS}, handle,
+                      indent=2)
+    print(f"floor_ratio={ratios['floor_ratio']:.3f} full_ratio={ratios['full_ratio']:.3f} "
+          f"memory_ratio={ratios['memory_ratio']:.3f}", flush=True)
+    return {"results": results, "ratios": ratios}
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
