@@ -1,0 +1,429 @@
+"""Ablation of the artstyle method: what each component buys on held-out paintings.
+
+For every (setting, seed): pretrain with ``run_pretrain.py`` (subprocess, its own CLI) on the TRAIN part of a
+class-per-folder dataset, then evaluate the frozen student encoder (``pooler_output``) with a linear probe and a
+weighted kNN (``artstyle.evaluation``: ``extract_features``, ``train_linear_probe``, ``knn_classify``) on the TEST
+part. The split is ``load_style_dataset("imagefolder", data_dir=..., test_size=0.2, seed=0)``: deterministic,
+stratified per class, fixed before any result is seen and never tuned on. Labels are used only by the evaluation.
+
+Settings (``--settings``; a profile picks a default list):
+
+  random_init        no pretraining: the encoder as initialised (seeded), CLS pooler
+  moco_v3            MoCo v3 baseline: ``config.moco_v3_baseline()`` (hard contrast only, CLS pooler)
+  moco_v3+layerwise  baseline + attention-guided layer-wise contrast (weight_layerwise)
+  moco_v3+distill    baseline + multi-layer self-distillation (weight_distill)
+  moco_v3+soft       baseline + similarity-aware soft contrast (soft_alpha < 1)
+  moco_v3+gram       baseline + learnable Gram loss (weight_gram)
+  full               all four components (the preset's defaults), CLS pooler
+  full_fused         all four, pooler "fused";  full_fused_style: all four, pooler "fused_style"
+
+Component values (weights, soft_alpha) are the preset's defaults, read from ``ArtStyleConfig``.
+
+Budget per run: ``--max_steps N`` (same number of steps for every setting) or ``--minutes M`` (same wall-clock
+pretraining time: a 5-step calibration run of ``run_pretrain.py`` per setting measures seconds per step, cached in
+``<output_dir>/calibration``). Every (setting, seed) writes ``<output_dir>/results/<setting>__seed<seed>.json`` and is
+skipped when that file exists, so an ablation can run in pieces, in the background, and resume after a crash.
+At the end (and with ``--report_only``) ``<output_dir>/ablation.md`` (mean ± std over seeds) and ``ablation.png``
+(bar chart) are written from every result file present.
+
+Profiles: ``quick`` (CPU: random_init, moco_v3, full; seed 0; ``--minutes 15`` by default) and ``complete`` (every
+setting, seeds 0 1 2; ``--max_steps 2000`` by default; meant for a GPU).
+
+    python benchmarks/ablation.py --data_dir /path/to/realart-dev --output_dir /tmp/ablation --profile quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULT_VERSION = 1
+
+COMPONENTS = {  # setting suffix -> the config fields that switch the component on (value: the preset default)
+    "layerwise": ("weight_layerwise",),
+    "distill": ("weight_distill",),
+    "soft": ("soft_alpha",),
+    "gram": ("weight_gram",),
+}
+BASELINE_FIELDS = ("weight_layerwise", "weight_distill", "weight_gram", "soft_alpha", "pooler")
+ALL_SETTINGS = ["random_init", "moco_v3", "moco_v3+layerwise", "moco_v3+distill", "moco_v3+soft", "moco_v3+gram",
+                "full", "full_fused", "full_fused_style"]
+PROFILES = {
+    "quick": {"settings": ["random_init", "moco_v3", "full"], "seeds": [0], "minutes": 15.0, "max_steps": None,
+              "batch_size": 64},
+    "complete": {"settings": ALL_SETTINGS, "seeds": [0, 1, 2], "minutes": None, "max_steps": 2000,
+                 "batch_size": 128},
+}
+
+
+# ---------------------------------------------------------------------------------------------- arguments
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--data_dir", required=True, help="Class-per-folder dataset (one sub-folder per class).")
+    parser.add_argument("--output_dir", required=True,
+                        help="Where runs, result JSONs, the table and the chart go (keep it outside the repo).")
+    parser.add_argument("--profile", default="quick", choices=sorted(PROFILES))
+    parser.add_argument("--settings", default=None, help=f"Comma list overriding the profile; from {ALL_SETTINGS}.")
+    parser.add_argument("--seeds", default=None, help="Comma list of seeds overriding the profile (e.g. 0,1,2).")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, default=None, help="Pretraining wall-clock budget per run.")
+    budget.add_argument("--max_steps", type=int, default=None, help="Pretraining steps per run.")
+    parser.add_argument("--config_preset", default="tiny", choices=["tiny", "vit_small", "vit_base"])
+    parser.add_argument("--config_overrides", default=None,
+                        help="JSON object of config fields applied to EVERY setting (e.g. image size, queue size).")
+    parser.add_argument("--batch_size", type=int, default=None, help="Pretraining batch per process (profile's).")
+    parser.add_argument("--learning_rate", type=float, default=None, help="run_pretrain.py's default if omitted.")
+    parser.add_argument("--mixed_precision", default=None, help="Passed to run_pretrain.py (no|fp16|bf16|auto).")
+    parser.add_argument("--num_workers", type=int, default=2, help="DataLoader workers (pretraining and features).")
+    parser.add_argument("--pretrain_args", default="", help="Extra run_pretrain.py arguments (one shell string).")
+    parser.add_argument("--test_size", type=float, default=0.2, help="Held-out fraction (stratified).")
+    parser.add_argument("--split_seed", type=int, default=0, help="Seed of the split (fixed; never tune it).")
+    parser.add_argument("--eval_batch_size", type=int, default=128)
+    parser.add_argument("--knn_k", type=int, default=20)
+    parser.add_argument("--knn_temperature", type=float, default=0.07)
+    parser.add_argument("--probe_epochs", type=int, default=100)
+    parser.add_argument("--probe_lr", type=float, default=1e-2)
+    parser.add_argument("--max_train_images", type=int, default=None,
+                        help="Smoke tests: pretrain on the first N train images (run_pretrain --max_train_samples); "
+                             "probe on N evenly spaced train images.")
+    parser.add_argument("--max_test_images", type=int, default=None,
+                        help="Smoke tests: evenly spaced subset of the test split.")
+    parser.add_argument("--calibration_steps", type=int, default=5, help="Steps of the --minutes calibration run.")
+    parser.add_argument("--device", default=None, help="Device of the evaluation (default: cuda if available).")
+    parser.add_argument("--report_only", action="store_true", help="Only rebuild the table and chart.")
+    parser.add_argument("--dry_run", action="store_true", help="Print the run_pretrain.py commands and stop.")
+    args = parser.parse_args(argv)
+
+    profile = PROFILES[args.profile]
+    args.settings = args.settings.split(",") if args.settings else list(profile["settings"])
+    unknown = [s for s in args.settings if s not in ALL_SETTINGS]
+    if unknown:
+        parser.error(f"--settings: unknown {unknown}; choose from {ALL_SETTINGS}")
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(profile["seeds"])
+    except ValueError:
+        parser.error(f"--seeds must be a comma list of integers, got {args.seeds!r}")
+    if args.minutes is None and args.max_steps is None:
+        args.minutes, args.max_steps = profile["minutes"], profile["max_steps"]
+    if (args.minutes is not None and args.minutes <= 0) or (args.max_steps is not None and args.max_steps < 1):
+        parser.error("--minutes must be > 0 and --max_steps >= 1")
+    if args.batch_size is None:
+        args.batch_size = profile["batch_size"]
+    if not 0 < args.test_size < 1:
+        parser.error("--test_size must lie in (0, 1)")
+    args.config_overrides = json.loads(args.config_overrides) if args.config_overrides else {}
+    if not isinstance(args.config_overrides, dict):
+        parser.error("--config_overrides must be a JSON object")
+    if not args.report_only and not Path(args.data_dir).is_dir():
+        parser.error(f"--data_dir {args.data_dir!r} is not a folder")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------- settings
+def setting_overrides(setting: str, args: argparse.Namespace) -> dict:
+    """Config fields of ``setting`` on top of the preset (+ the shared ``--config_overrides``)."""
+    from artstyle import ArtStyleConfig
+
+    defaults = ArtStyleConfig.from_preset(args.config_preset, **args.config_overrides)
+    baseline = defaults.moco_v3_baseline()
+    overrides = dict(args.config_overrides)
+    if setting in ("random_init", "full"):
+        return overrides
+    if setting.startswith("full_"):
+        return {**overrides, "pooler": setting.removeprefix("full_")}
+    overrides.update({name: getattr(baseline, name) for name in BASELINE_FIELDS})
+    if setting != "moco_v3":
+        for name in COMPONENTS[setting.removeprefix("moco_v3+")]:
+            overrides[name] = getattr(defaults, name)
+    return overrides
+
+
+def build_config(overrides: dict, preset: str):
+    from artstyle import ArtStyleConfig
+
+    return ArtStyleConfig.from_preset(preset, **overrides)
+
+
+def describe(config) -> dict:
+    fields = ("weight_contrastive", "weight_layerwise", "weight_distill", "weight_gram", "soft_alpha", "pooler",
+              "queue_size", "image_size", "backbone", "patch_size")
+    return {name: getattr(config, name) for name in fields}
+
+
+# ---------------------------------------------------------------------------------------------- pretraining
+def pretrain_command(args: argparse.Namespace, overrides: dict, steps: int, seed: int, output_dir: Path) -> list[str]:
+    command = [
+        sys.executable, str(REPO / "run_pretrain.py"),
+        "--dataset", "imagefolder", "--data_dir", str(args.data_dir),
+        "--dataset_options", json.dumps({"test_size": args.test_size, "seed": args.split_seed}),
+        "--train_split", "train",
+        "--config_preset", args.config_preset,
+        "--per_device_train_batch_size", str(args.batch_size),
+        "--max_train_steps", str(steps),
+        "--seed", str(seed),
+        "--num_workers", str(args.num_workers),
+        "--output_dir", str(output_dir), "--overwrite_output_dir",
+        "--report_to", "none", "--logging_steps", "10",
+    ]
+    if overrides:
+        command += ["--config_overrides", json.dumps(overrides)]
+    if args.max_train_images is not None:
+        command += ["--max_train_samples", str(args.max_train_images)]
+    if args.learning_rate is not None:
+        command += ["--learning_rate", str(args.learning_rate)]
+    if args.mixed_precision is not None:
+        command += ["--mixed_precision", args.mixed_precision]
+    return command + shlex.split(args.pretrain_args)
+
+
+def run_logged(command: list[str], log_path: Path) -> None:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        log.write(shlex.join(command) + "\n")
+        log.flush()
+        completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    if completed.returncode != 0:
+        tail = log_path.read_text().splitlines()[-15:]
+        raise RuntimeError(f"command failed (exit {completed.returncode}), log {log_path}:\n" + "\n".join(tail))
+
+
+def seconds_per_step(setting: str, overrides: dict, args: argparse.Namespace) -> float:
+    """Calibrate ``--minutes``: a short run_pretrain.py run of ``setting``; cached per setting and batch size."""
+    cache = Path(args.output_dir) / "calibration" / f"{setting}__bs{args.batch_size}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())["seconds_per_step"]
+    run_dir = Path(args.output_dir) / "calibration" / f"{setting}__bs{args.batch_size}"
+    steps = args.calibration_steps
+    run_logged(pretrain_command(args, overrides, steps, 0, run_dir), run_dir.with_suffix(".log"))
+    results = json.loads((run_dir / "all_results.json").read_text())
+    # includes the first (slow) step: a conservative rate, so the real run stays within its minutes
+    value = results["train_runtime_s"] / max(results["train_steps"], 1)
+    cache.write_text(json.dumps({"seconds_per_step": value, "steps": steps, "train_runtime_s":
+                                 results["train_runtime_s"]}, indent=2))
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def evaluate_encoder(encoder, args: argparse.Namespace, seed: int) -> dict:
+    """Linear probe and kNN accuracy of ``encoder.pooler_output`` on the held-out split."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from artstyle import build_image_processor
+    from artstyle.data import StyleImageDataset, collate_skip_bad, load_style_dataset
+    from artstyle.evaluation import extract_features, knn_classify, train_linear_probe
+    from artstyle.transforms import build_eval_transform
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    encoder = encoder.to(device).eval()
+    splits = load_style_dataset("imagefolder", data_dir=args.data_dir, test_size=args.test_size,
+                                seed=args.split_seed)
+    transform = build_eval_transform(build_image_processor(encoder.config))
+    features = {}
+    for name, limit in (("train", args.max_train_images), ("test", args.max_test_images)):
+        split = splits[name]
+        if limit is not None and limit < len(split):  # evenly spaced: keeps every class (splits are class-ordered)
+            split = split.select(sorted({round(i * (len(split) - 1) / max(limit - 1, 1)) for i in range(limit)}))
+        loader = DataLoader(StyleImageDataset(split, transform), batch_size=args.eval_batch_size,
+                            shuffle=False, num_workers=args.num_workers, collate_fn=collate_skip_bad)
+        features[name] = extract_features(encoder, loader)
+    (train_x, train_y), (test_x, test_y) = features["train"], features["test"]
+    num_classes = splits["train"].features["label"].num_classes
+    knn_scores = knn_classify(train_x, train_y, test_x, num_classes, k=args.knn_k, temperature=args.knn_temperature)
+    probe = train_linear_probe(train_x, train_y, num_classes, epochs=args.probe_epochs, learning_rate=args.probe_lr,
+                               seed=seed)
+    with torch.no_grad():
+        probe_pred = probe(test_x.float()).argmax(dim=1)
+        probe_train_acc = float((probe(train_x.float()).argmax(dim=1) == train_y).float().mean())
+    return {
+        "linear_probe_acc": float((probe_pred == test_y).float().mean()),
+        "linear_probe_train_acc": probe_train_acc,
+        "knn_acc": float((knn_scores.argmax(dim=1) == test_y).float().mean()),
+        "num_train": len(train_y), "num_test": len(test_y), "num_classes": num_classes,
+        "feature_dim": int(train_x.shape[1]),
+    }
+
+
+def run_one(setting: str, seed: int, args: argparse.Namespace) -> dict:
+    import torch
+
+    from artstyle import ArtStyleModel
+
+    overrides = setting_overrides(setting, args)
+    config = build_config(overrides, args.config_preset)
+    if setting == "moco_v3":  # the ablation's baseline must be exactly the package's definition
+        reference = describe(build_config(args.config_overrides, args.config_preset).moco_v3_baseline())
+        if describe(config) != reference:
+            raise RuntimeError(f"moco_v3 setting {describe(config)} differs from moco_v3_baseline() {reference}")
+    record = {"version": RESULT_VERSION, "setting": setting, "seed": seed, "config_preset": args.config_preset,
+              "config": describe(config), "overrides": overrides, "batch_size": args.batch_size,
+              "split": {"test_size": args.test_size, "seed": args.split_seed}}
+    start = time.perf_counter()
+    if setting == "random_init":
+        torch.manual_seed(seed)
+        encoder = ArtStyleModel(config)
+        record.update(train_steps=0, train_runtime_s=0.0)
+    else:
+        if args.max_steps is not None:
+            steps = args.max_steps
+        else:
+            rate = seconds_per_step(setting, overrides, args)
+            steps = max(1, int(args.minutes * 60 / rate))
+            record.update(budget_minutes=args.minutes, calibrated_seconds_per_step=rate)
+        run_dir = Path(args.output_dir) / "runs" / f"{setting}__seed{seed}"
+        command = pretrain_command(args, overrides, steps, seed, run_dir)
+        print(f"[{time.strftime('%H:%M:%S')}] pretrain {setting} seed {seed}: {steps} steps -> {run_dir}", flush=True)
+        run_logged(command, run_dir.with_suffix(".log"))
+        pretrain = json.loads((run_dir / "all_results.json").read_text())
+        record.update(command=shlex.join(command), pretrain_dir=str(run_dir),
+                      **{k: v for k, v in pretrain.items() if k.startswith("train_")},
+                      images_seen=pretrain.get("images_seen"), skipped_images=pretrain.get("skipped_images"))
+        encoder = ArtStyleModel.from_pretrained(str(run_dir))
+        if encoder.config.pooler != config.pooler:
+            raise RuntimeError(f"{run_dir}: saved pooler {encoder.config.pooler!r}, expected {config.pooler!r}")
+    print(f"[{time.strftime('%H:%M:%S')}] evaluate {setting} seed {seed}", flush=True)
+    eval_start = time.perf_counter()
+    record.update(evaluate_encoder(encoder, args, seed))
+    record.update(eval_runtime_s=round(time.perf_counter() - eval_start, 1),
+                  total_runtime_s=round(time.perf_counter() - start, 1))
+    return record
+
+
+# ---------------------------------------------------------------------------------------------- report
+def load_results(output_dir: Path) -> list[dict]:
+    results = []
+    for path in sorted((output_dir / "results").glob("*.json")):
+        results.append(json.loads(path.read_text()))
+    return results
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    mean = statistics.fmean(values) * 100
+    if len(values) == 1:
+        return f"{mean:.1f}"
+    return f"{mean:.1f} ± {statistics.stdev(values) * 100:.1f}"
+
+
+def write_report(output_dir: Path, order: list[str]) -> Path | None:
+    results = load_results(output_dir)
+    if not results:
+        print("no result files yet")
+        return None
+    grouped: dict[str, list[dict]] = {}
+    for record in results:
+        grouped.setdefault(record["setting"], []).append(record)
+    names = [s for s in ALL_SETTINGS if s in grouped] + sorted(s for s in grouped if s not in ALL_SETTINGS)
+    lines = ["| setting | seeds | pretrain steps | pretrain min | linear probe acc (%) | kNN acc (%) |",
+             "|---|---|---|---|---|---|"]
+    for name in names:
+        runs = grouped[name]
+        steps = statistics.fmean(r.get("train_steps", 0) for r in runs)
+        minutes = statistics.fmean(r.get("train_runtime_s", 0.0) for r in runs) / 60
+        lines.append(f"| {name} | {len(runs)} | {steps:.0f} | {minutes:.1f} | "
+                     f"{mean_std([r['linear_probe_acc'] for r in runs])} | {mean_std([r['knn_acc'] for r in runs])} |")
+    first = results[0]
+    notes = [
+        "",
+        f"Held-out split: stratified {1 - first['split']['test_size']:.0%}/{first['split']['test_size']:.0%}, "
+        f"seed {first['split']['seed']} ({first['num_train']} train / {first['num_test']} test images, "
+        f"{first['num_classes']} classes). Mean ± std over seeds (std only with ≥ 2 seeds). "
+        f"Preset {first['config_preset']}, batch {first['batch_size']}.",
+        "Linear probe: artstyle.evaluation.train_linear_probe on frozen pooler_output features; kNN: weighted "
+        "(k=20, T=0.07 unless changed) artstyle.evaluation.knn_classify.",
+    ]
+    table = "\n".join(lines + notes) + "\n"
+    (output_dir / "ablation.md").write_text(table)
+    print(table)
+    plot(output_dir / "ablation.png", names, grouped)
+    return output_dir / "ablation.md"
+
+
+def plot(path: Path, names: list[str], grouped: dict[str, list[dict]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = (("linear_probe_acc", "linear probe"), ("knn_acc", "kNN"))
+    width = 0.38
+    figure, axis = plt.subplots(figsize=(max(6.0, 1.1 * len(names) + 2), 4.2))
+    for offset, (key, label) in enumerate(metrics):
+        means, errors = [], []
+        for name in names:
+            values = [r[key] * 100 for r in grouped[name]]
+            means.append(statistics.fmean(values))
+            errors.append(statistics.stdev(values) if len(values) > 1 else 0.0)
+        positions = [i + (offset - 0.5) * width for i in range(len(names))]
+        bars = axis.bar(positions, means, width, yerr=errors, capsize=3, label=label)
+        axis.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+    axis.set_xticks(range(len(names)), names, rotation=25, ha="right", fontsize=8)
+    axis.set_ylabel("held-out accuracy (%)")
+    axis.set_title("artstyle ablation (mean ± std over seeds)")
+    axis.legend(fontsize=8)
+    axis.grid(axis="y", alpha=0.3)
+    top = max(r[k] * 100 for runs in grouped.values() for r in runs for k, _ in metrics)
+    axis.set_ylim(0, math.ceil(top / 10 + 0.5) * 10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+    if output_dir.resolve().is_relative_to(REPO) and not args.dry_run:
+        print(f"warning: --output_dir {output_dir} is inside the repository; keep runs outside it", file=sys.stderr)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.report_only:
+        write_report(output_dir, args.settings)
+        return 0
+    (output_dir / "results").mkdir(parents=True, exist_ok=True)
+    if args.dry_run:
+        for setting in args.settings:
+            overrides = setting_overrides(setting, args)
+            build_config(overrides, args.config_preset)  # validates
+            for seed in args.seeds:
+                if setting == "random_init":
+                    print(f"{setting} seed {seed}: no pretraining; evaluate ArtStyleModel({overrides})")
+                else:
+                    steps = args.max_steps if args.max_steps is not None else f"<{args.minutes} min calibrated>"
+                    print(shlex.join(map(str, pretrain_command(args, overrides, steps, seed,
+                                                               output_dir / "runs" / f"{setting}__seed{seed}"))))
+        return 0
+    failures = 0
+    for setting in args.settings:
+        for seed in args.seeds:
+            path = output_dir / "results" / f"{setting}__seed{seed}.json"
+            if path.exists():
+                print(f"skip {setting} seed {seed}: {path} exists", flush=True)
+                continue
+            try:
+                record = run_one(setting, seed, args)
+            except Exception as error:  # keep going: the other settings are still worth having
+                failures += 1
+                print(f"FAILED {setting} seed {seed}: {error}", file=sys.stderr, flush=True)
+                continue
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(record, indent=2))
+            tmp.replace(path)  # atomic: a half-written file never counts as done
+            print(f"[{time.strftime('%H:%M:%S')}] {setting} seed {seed}: linear probe "
+                  f"{record['linear_probe_acc']:.3f}, kNN {record['knn_acc']:.3f} -> {path}", flush=True)
+    write_report(output_dir, args.settings)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
