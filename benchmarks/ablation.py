@@ -316,7 +316,7 @@ def mean_std(values: list[float]) -> str:
     return f"{mean:.1f} ± {statistics.stdev(values) * 100:.1f}"
 
 
-def write_report(output_dir: Path, order: list[str]) -> Path | None:
+def write_report(output_dir: Path) -> Path | None:
     results = load_results(output_dir)
     if not results:
         print("no result files yet")
@@ -346,11 +346,11 @@ def write_report(output_dir: Path, order: list[str]) -> Path | None:
     table = "\n".join(lines + notes) + "\n"
     (output_dir / "ablation.md").write_text(table)
     print(table)
-    plot(output_dir / "ablation.png", names, grouped)
+    plot(output_dir / "ablation.png", names, grouped, chance=100 / first["num_classes"])
     return output_dir / "ablation.md"
 
 
-def plot(path: Path, names: list[str], grouped: dict[str, list[dict]]) -> None:
+def plot(path: Path, names: list[str], grouped: dict[str, list[dict]], chance: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -368,6 +368,7 @@ def plot(path: Path, names: list[str], grouped: dict[str, list[dict]]) -> None:
         positions = [i + (offset - 0.5) * width for i in range(len(names))]
         bars = axis.bar(positions, means, width, yerr=errors, capsize=3, label=label)
         axis.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+    axis.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:.1f}%)")
     axis.set_xticks(range(len(names)), names, rotation=25, ha="right", fontsize=8)
     axis.set_ylabel("held-out accuracy (%)")
     axis.set_title("artstyle ablation (mean ± std over seeds)")
@@ -388,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: --output_dir {output_dir} is inside the repository; keep runs outside it", file=sys.stderr)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.report_only:
-        write_report(output_dir, args.settings)
+        write_report(output_dir)
         return 0
     (output_dir / "results").mkdir(parents=True, exist_ok=True)
     if args.dry_run:
@@ -421,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
             tmp.replace(path)  # atomic: a half-written file never counts as done
             print(f"[{time.strftime('%H:%M:%S')}] {setting} seed {seed}: linear probe "
                   f"{record['linear_probe_acc']:.3f}, kNN {record['knn_acc']:.3f} -> {path}", flush=True)
-    write_report(output_dir, args.settings)
+    write_report(output_dir)
     return 1 if failures else 0
 
 
