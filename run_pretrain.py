@@ -156,8 +156,9 @@ class PretrainingArguments:
     report_to: str = field(default="tensorboard", metadata={"help": "Tracker(s) for accelerate: tensorboard, "
                                                                    "wandb, all, or none."})
     logging_steps: int = field(default=1, metadata={"help": "Log every N optimisation steps."})
-    ddp_find_unused_parameters: bool = field(
-        default=True, metadata={"help": "DDP find_unused_parameters (needed when a loss weight is 0)."}
+    ddp_find_unused_parameters: bool | None = field(
+        default=None, metadata={"help": "DDP find_unused_parameters. Default: only when --weight_contrastive is 0 "
+                                        "(the model builds and trains only the parts its loss weights use)."}
     )
     push_to_hub: bool = field(default=False, metadata={"help": "Upload the final folder to the Hub."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo id (default: output_dir's name)."})
@@ -337,7 +338,7 @@ def build_accelerator(train_args: PretrainingArguments) -> Accelerator:
         project_config=ProjectConfiguration(
             project_dir=train_args.output_dir, logging_dir=os.path.join(train_args.output_dir, "runs")
         ),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=train_args.ddp_find_unused_parameters)],
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=bool(train_args.ddp_find_unused_parameters))],
     )
 
 
@@ -613,6 +614,10 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     accelerator.wait_for_everyone()
 
     config = build_config(model_args)
+    if train_args.ddp_find_unused_parameters is None and accelerator.ddp_handler is not None:
+        # with weight_contrastive = 0 the student projector/predictor get no gradient; otherwise every trainable
+        # parameter does (tests/test_modeling.py), and DDP's unused-parameter search would only cost time
+        accelerator.ddp_handler.find_unused_parameters = config.weight_contrastive == 0
     with accelerator.main_process_first():
         dataset = build_train_dataset(data_args, config, train_args.seed)
     dataloader = build_dataloader(dataset, train_args.per_device_train_batch_size, data_args.num_workers,
