@@ -21,8 +21,11 @@ Component values (weights, soft_alpha) are the preset's defaults, read from ``Ar
 
 Budget per run: ``--max_steps N`` (same number of steps for every setting) or ``--minutes M`` (same wall-clock
 pretraining time: a 5-step calibration run of ``run_pretrain.py`` per setting measures seconds per step, cached in
-``<output_dir>/calibration``). Every (setting, seed) writes ``<output_dir>/results/<setting>__seed<seed>.json`` and is
-skipped when that file exists, so an ablation can run in pieces, in the background, and resume after a crash.
+``<output_dir>/calibration``). The calibration reflects the machine load at that moment: where the load changes
+during an ablation (a shared machine), settings calibrated at different times get unequal step counts for reasons
+that have nothing to do with their cost, so prefer ``--max_steps`` there. Every (setting, seed) writes
+``<output_dir>/results/<setting>__seed<seed>.json`` and is skipped when that file exists, so an ablation can run in
+pieces, in the background, and resume after a crash.
 At the end (and with ``--report_only``) ``<output_dir>/ablation.md`` (mean ± std over seeds) and ``ablation.png``
 (bar chart) are written from every result file present.
 
