@@ -4,9 +4,10 @@ import logging
 
 import datasets
 import pytest
-from datafixtures import *  # noqa: F403 (pytest fixtures shared by the data tests)
 
 from artstyle.data import AVAStyle, build_dataset, load_style_dataset, stratified_split
+
+from datafixtures import *  # noqa: F403 (pytest fixtures shared by the data tests)
 
 AVA_STYLES_FIRST = ["Complementary_Colors", "Duotones", "HDR"]
 

@@ -5,10 +5,11 @@ import time
 import datasets
 import numpy as np
 import pytest
-from datafixtures import *  # noqa: F403 (pytest fixtures shared by the data tests)
 
 import artstyle.data.demo as demo
 from artstyle.data import DEMO_STYLES, load_style_dataset, render_demo_image
+
+from datafixtures import *  # noqa: F403 (pytest fixtures shared by the data tests)
 
 
 def _bytes(split):

@@ -6,11 +6,12 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from datafixtures import *  # noqa: F403 (pytest fixtures shared by the data tests)
 from PIL import Image
 
 from artstyle.data import BadImageError, SkipCounter, StyleImageDataset, collate_skip_bad, open_image_rgb
 from artstyle.transforms import build_ssl_transform
+
+from datafixtures import *  # noqa: F403 (pytest fixtures shared by the data tests)
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
