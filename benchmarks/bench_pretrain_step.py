@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="Unmeasured steps per setting first.")
     parser.add_argument("--breakdown", action="store_true",
                         help="Also time the baseline with each component switched on alone.")
+    parser.add_argument("--flops", action="store_true",
+                        help="Also count the FLOPs of one step per setting (torch.utils.flop_counter: matmuls, "
+                             "convolutions, attention; forward + backward): a noise-free cost measure.")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU; default: torch's).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="Also write the results to this JSON file.")
@@ -105,6 +108,7 @@ class Setting:
     activation_bytes: int | None = None
     state_bytes: int | None = None
     backbone_passes: dict[str, int] | None = None
+    flops: int | None = None
     module_names: tuple[str, ...] = ()
 
     def persistent_bytes(self) -> int:
@@ -255,6 +259,15 @@ def measure_memory(setting: Setting, settings: list[Setting], device: str) -> No
         setting.peak_bytes = torch.cuda.max_memory_allocated() - others
 
 
+def count_flops(setting: Setting) -> int:
+    """FLOPs of one step (forward + backward) as counted by ``torch.utils.flop_counter.FlopCounterMode``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        setting.step()
+    return counter.get_total_flops()
+
+
 def count_backbone_passes(setting: Setting) -> dict[str, int]:
     """Run one step with forward hooks on every timm patch embedding: backbone passes per step, by module path."""
     counts: dict[str, int] = {}
@@ -321,6 +334,8 @@ def main(argv: list[str] | None = None) -> dict:
             setting.step()
     for setting in settings:
         setting.backbone_passes = count_backbone_passes(setting)
+        if args.flops:
+            setting.flops = count_flops(setting)
         measure_memory(setting, settings, args.device)
     for index in range(args.steps):  # interleaved: a, b, c, a, b, c, ...
         for setting in settings:
@@ -345,6 +360,13 @@ def main(argv: list[str] | None = None) -> dict:
                            "saved_activation_bytes": s.activation_bytes, "state_bytes": s.state_bytes,
                            "cuda_peak_bytes": s.peak_bytes, "model_bytes": s.model_bytes,
                            "backbone_passes": s.backbone_passes}
+    if args.flops:
+        base_flops = by_name["baseline"].flops
+        print("# FLOPs per step (torch.utils.flop_counter; matmul/conv/attention only, forward + backward):")
+        for s in settings:
+            print(f"#   {s.name:<12} {s.flops / 1e9:10.2f} GFLOP  vs baseline {s.flops / base_flops:6.3f}  "
+                  f"vs floor {s.flops / by_name['floor'].flops:6.3f}")
+            results[s.name]["flops"] = s.flops
     if args.device == "cuda":
         print("# memory: torch.cuda.max_memory_allocated over one step (reset before), minus the parameters, buffers "
               "and optimizer state of the other settings held on the GPU at the same time")
