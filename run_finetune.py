@@ -79,7 +79,8 @@ class ModelArguments:
 class DataArguments:
     dataset_name: str = field(
         default="demo",
-        metadata={"help": "demo | ava | pandora18k | flickr | imagefolder | a Hub dataset id."},
+        metadata={"help": "demo | ava | pandora18k | flickr | imagefolder | a Hub dataset id.",
+                  "aliases": ["--dataset"]},
     )
     data_dir: str | None = field(default=None, metadata={"help": "Local data folder of the dataset."})
     dataset_options: str | None = field(

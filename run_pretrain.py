@@ -92,7 +92,8 @@ class ModelArguments:
 class DataArguments:
     dataset: str = field(
         default="demo",
-        metadata={"help": "demo (built in, offline), pandora18k, ava, flickr, imagefolder or a Hub dataset id."},
+        metadata={"help": "demo (built in, offline), pandora18k, ava, flickr, imagefolder or a Hub dataset id.",
+                  "aliases": ["--dataset_name"]},
     )
     data_dir: str | None = field(default=None, metadata={"help": "Folder of the dataset (all but demo)."})
     dataset_options: str | None = field(
