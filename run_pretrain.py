@@ -121,7 +121,12 @@ class PretrainingArguments:
     num_train_epochs: int = field(default=1, metadata={"help": "Epochs (ignored when --max_train_steps is set)."})
     max_train_steps: int | None = field(default=None, metadata={"help": "Total optimisation steps (overrides epochs)."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimisation step."})
-    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (after warmup)."})
+    learning_rate: float = field(
+        default=1e-4,
+        metadata={"help": "Peak AdamW learning rate (after warmup). 1e-3 wiped out the style cues of a random ViT on "
+                          "the demo (linear probe on its validation split: 0.58, vs 0.88 at random init, 0.89 at "
+                          "1e-4, 26 steps)."},
+    )
     min_learning_rate: float = field(default=0.0, metadata={"help": "Learning rate at the end of the cosine."})
     num_warmup_steps: int | None = field(
         default=None, metadata={"help": "Linear warmup steps (default: 10%% of the steps)."}
