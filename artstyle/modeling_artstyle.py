@@ -208,13 +208,18 @@ class ArtStyleModel(ArtStylePreTrainedModel):
         self.backbone.load_state_dict(pretrained.state_dict())
 
     def encode(self, pixel_values: torch.Tensor, extra_layers: tuple[int, ...] = (),
-               output_hidden_states: bool = False) -> _Encoded:
-        """One backbone pass; the CLS tokens of ``extra_layers`` are returned for the pretraining heads."""
+               output_hidden_states: bool = False, pooler_only: bool = False) -> _Encoded:
+        """One backbone pass; the CLS tokens of ``extra_layers`` are returned for the pretraining heads.
+
+        ``pooler_only``: skip the fusion / Gram modules the pooler does not read (classification, inference).
+        """
         backbone = self.backbone
+        use_fusion = self.fusion is not None and not (pooler_only and self.config.pooler == "cls")
+        use_gram = self.gram is not None and not (pooler_only and self.config.pooler != "fused_style")
         wanted = set(extra_layers)
-        if self.fusion is not None:
+        if use_fusion:
             wanted.update(self.fusion_layers)
-        if self.gram is not None:
+        if use_gram:
             wanted.add(self.gram_layer)
         if output_hidden_states:
             wanted.update(range(len(backbone.blocks)))
@@ -229,10 +234,10 @@ class ArtStyleModel(ArtStylePreTrainedModel):
 
         output = ArtStyleModelOutput(last_hidden_state=final)
         fused = pooled_fused = None
-        if self.fusion is not None:
+        if use_fusion:
             layer_tokens = torch.stack([layer_cls[i] for i in self.fusion_layers], dim=1)
             fused, output.fusion_weights, pooled_fused, output.fusion_pool_weights = self.fusion(layer_tokens)
-        if self.gram is not None:
+        if use_gram:
             output.gram, output.style_embedding = self.gram(by_layer[self.gram_layer][0])
         if self.config.pooler == "cls":
             output.pooler_output = backbone.forward_head(final, pre_logits=True)
@@ -447,7 +452,8 @@ class ArtStyleForImageClassification(ArtStylePreTrainedModel):
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
                 output_hidden_states: bool | None = None, return_dict: bool | None = None,
                 **kwargs) -> ImageClassifierOutput:
-        encoded = self.artstyle.encode(pixel_values, output_hidden_states=bool(output_hidden_states))
+        encoded = self.artstyle.encode(pixel_values, output_hidden_states=bool(output_hidden_states),
+                                       pooler_only=True)
         logits = self.classifier(encoded.output.pooler_output)
         loss = self.compute_loss(logits, labels) if labels is not None else None
         output = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=encoded.output.hidden_states)

@@ -170,11 +170,17 @@ def test_classifier_losses_and_frozen_unused_modules():
     config = tiny_config(num_labels=3)
     model = ArtStyleForImageClassification(config)
     assert not any(p.requires_grad for p in model.artstyle.fusion.parameters())  # cls pooler: fusion unused
+    calls = []
+    model.artstyle.fusion.register_forward_pre_hook(lambda *args: calls.append("fusion"))
+    model.artstyle.gram.register_forward_pre_hook(lambda *args: calls.append("gram"))
     x = _views()[0]
     labels = torch.tensor([0, 2, 1, 2])
     out = model(x, labels=labels)
     assert out.logits.shape == (4, 3)
     assert out.loss.item() == pytest.approx(F.cross_entropy(out.logits, labels).item(), rel=1e-6)
+    assert calls == []  # the classifier skips what its pooler does not read
+    model.artstyle(x)
+    assert calls == ["fusion", "gram"]  # the base model still returns every output
     multi = ArtStyleForImageClassification(tiny_config(num_labels=3, problem_type="multi_label_classification"))
     hot = torch.tensor([[1, 0, 1], [0, 0, 1], [1, 1, 1], [0, 1, 0]], dtype=torch.float)
     out = multi(x, labels=hot)
