@@ -91,6 +91,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pretrain_args", default="", help="Extra run_pretrain.py arguments (one shell string).")
     parser.add_argument("--test_size", type=float, default=0.2, help="Held-out fraction (stratified).")
     parser.add_argument("--split_seed", type=int, default=0, help="Seed of the split (fixed; never tune it).")
+    parser.add_argument("--eval_split", default="test", choices=["test", "validation"],
+                        help="test: report on the held-out test split. validation: for TUNING defaults, hold out a "
+                             "stratified --test_size of the TRAIN part (seed --split_seed) and evaluate there; the "
+                             "test split is never read.")
     parser.add_argument("--eval_batch_size", type=int, default=128)
     parser.add_argument("--knn_k", type=int, default=20)
     parser.add_argument("--knn_temperature", type=float, default=0.07)
@@ -217,6 +221,17 @@ def seconds_per_step(setting: str, overrides: dict, args: argparse.Namespace) ->
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
+def validation_splits(train, fraction: float, seed: int) -> dict:
+    """Tuning protocol: ``{"train": ..., "test": <validation>}`` carved (stratified) out of the train part only.
+
+    The images stay in the pretraining set (their labels are never used there); the test split is not touched.
+    """
+    from artstyle.data.common import stratified_split
+
+    parts = stratified_split(train["label"], {"train": 1.0 - fraction, "validation": fraction}, seed=seed)
+    return {"train": train.select(parts["train"]), "test": train.select(parts["validation"])}
+
+
 def evaluate_encoder(encoder, args: argparse.Namespace, seed: int) -> dict:
     """Linear probe and kNN accuracy of ``encoder.pooler_output`` on the held-out split."""
     import torch
@@ -231,6 +246,8 @@ def evaluate_encoder(encoder, args: argparse.Namespace, seed: int) -> dict:
     encoder = encoder.to(device).eval()
     splits = load_style_dataset("imagefolder", data_dir=args.data_dir, test_size=args.test_size,
                                 seed=args.split_seed)
+    if args.eval_split == "validation":
+        splits = validation_splits(splits["train"], args.test_size, args.split_seed)
     transform = build_eval_transform(build_image_processor(encoder.config))
     features = {}
     for name, limit in (("train", args.max_train_images), ("test", args.max_test_images)):
@@ -270,7 +287,7 @@ def run_one(setting: str, seed: int, args: argparse.Namespace) -> dict:
             raise RuntimeError(f"moco_v3 setting {describe(config)} differs from moco_v3_baseline() {reference}")
     record = {"version": RESULT_VERSION, "setting": setting, "seed": seed, "config_preset": args.config_preset,
               "config": describe(config), "overrides": overrides, "batch_size": args.batch_size,
-              "split": {"test_size": args.test_size, "seed": args.split_seed}}
+              "split": {"test_size": args.test_size, "seed": args.split_seed, "eval": args.eval_split}}
     start = time.perf_counter()
     if setting == "random_init":
         torch.manual_seed(seed)
@@ -337,10 +354,17 @@ def write_report(output_dir: Path) -> Path | None:
         lines.append(f"| {name} | {len(runs)} | {steps:.0f} | {minutes:.1f} | "
                      f"{mean_std([r['linear_probe_acc'] for r in runs])} | {mean_std([r['knn_acc'] for r in runs])} |")
     first = results[0]
+    eval_splits = {r["split"].get("eval", "test") for r in results}
+    if len(eval_splits) > 1:
+        raise ValueError(f"{output_dir}: results evaluated on different splits {sorted(eval_splits)}; "
+                         "keep tuning (validation) and test runs in separate output folders")
+    held_out = ("VALIDATION (carved from the train part, for tuning; not the test split)"
+                if eval_splits == {"validation"} else "test")
     notes = [
         "",
+        f"Evaluated on: {held_out}.",
         f"Held-out split: stratified {1 - first['split']['test_size']:.0%}/{first['split']['test_size']:.0%}, "
-        f"seed {first['split']['seed']} ({first['num_train']} train / {first['num_test']} test images, "
+        f"seed {first['split']['seed']} ({first['num_train']} train / {first['num_test']} held-out images, "
         f"{first['num_classes']} classes). Mean ± std over seeds (std only with ≥ 2 seeds). "
         f"Preset {first['config_preset']}, batch {first['batch_size']}.",
         "Linear probe: artstyle.evaluation.train_linear_probe on frozen pooler_output features; kNN: weighted "

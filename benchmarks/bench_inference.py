@@ -15,12 +15,12 @@ The last line of the output is exactly ``inference_ratio=<artstyle/timm> pipelin
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,35 +29,26 @@ from PIL import Image
 from artstyle import ArtStyleConfig, ArtStyleForImageClassification, build_image_processor
 from artstyle.modeling_artstyle import build_backbone
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_common_arguments, autocast_context, check_common_arguments, setup, synchronize  # noqa: E402
+
 TARGET_RATIO = 1.10
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config_preset", "--backbone", dest="config_preset", default="tiny",
-                        choices=["tiny", "vit_small", "vit_base"])
-    parser.add_argument("--image_size", type=int, default=None, help="Model input size (default: the preset's).")
+    add_common_arguments(parser, batch_help="Batch of the model-forward comparison.")
     parser.add_argument("--pooler", default=None, choices=["cls", "fused", "fused_style"],
                         help="Override the preset's pooler (default: the preset's, i.e. cls).")
     parser.add_argument("--num_labels", type=int, default=12)
-    parser.add_argument("--batch_size", type=int, default=32, help="Batch of the model-forward comparison.")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                        help="Model forward under torch.autocast (pipeline runs in fp32).")
-    parser.add_argument("--steps", type=int, default=20, help="Measured forwards per model (median).")
-    parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--pipeline_batch_size", type=int, default=32)
     parser.add_argument("--pipeline_batches", type=int, default=5, help="Measured pipeline batches (median).")
     parser.add_argument("--pipeline_image_size", type=int, default=160, help="Side of the random PIL images.")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default=None, help="Also write the results to this JSON file.")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.pipeline_batches < 1 or args.warmup < 0:
-        parser.error("--steps and --pipeline_batches must be >= 1, --warmup >= 0")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda given but torch.cuda.is_available() is False")
+    check_common_arguments(parser, args)
+    if args.pipeline_batches < 1 or args.pipeline_batch_size < 1:
+        parser.error("--pipeline_batches and --pipeline_batch_size must be >= 1")
     return args
 
 
@@ -68,17 +59,6 @@ def build_config(args: argparse.Namespace) -> ArtStyleConfig:
     if args.pooler is not None:
         overrides["pooler"] = args.pooler
     return ArtStyleConfig.from_preset(args.config_preset, **overrides)
-
-
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def autocast_context(device: str, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def time_forwards(models: dict[str, callable], args: argparse.Namespace) -> dict[str, list[float]]:
@@ -127,9 +107,7 @@ def pipeline_throughput(config: ArtStyleConfig, args: argparse.Namespace) -> tup
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    setup(args)
     config = build_config(args)
     device = torch.device(args.device)
     artstyle_model = ArtStyleForImageClassification(config).to(device).eval()

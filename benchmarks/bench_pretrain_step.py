@@ -26,18 +26,21 @@ The last line of the output is exactly ``floor_ratio=<b/a> full_ratio=<c/b> memo
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from artstyle import ArtStyleConfig, ArtStyleForPretraining
 from artstyle.modeling_artstyle import build_backbone
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_common_arguments, autocast_context, check_common_arguments, setup, synchronize  # noqa: E402
 
 TARGETS = {"floor_ratio": 1.10, "full_ratio": 1.25, "memory_ratio": 1.30}
 MOMENTUM = 0.99
@@ -47,28 +50,14 @@ MOMENTUM = 0.99
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config_preset", "--backbone", dest="config_preset", default="tiny",
-                        choices=["tiny", "vit_small", "vit_base"], help="ArtStyleConfig preset (backbone + heads).")
-    parser.add_argument("--image_size", type=int, default=None, help="Input size (default: the preset's).")
-    parser.add_argument("--batch_size", type=int, default=32, help="Images per view.")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                        help="fp32, or torch.autocast with bf16/fp16 (fp16 adds a GradScaler).")
-    parser.add_argument("--steps", type=int, default=20, help="Measured steps per setting (median taken).")
-    parser.add_argument("--warmup", type=int, default=3, help="Unmeasured steps per setting first.")
+    add_common_arguments(parser, batch_help="Images per view.")
     parser.add_argument("--breakdown", action="store_true",
                         help="Also time the baseline with each component switched on alone.")
     parser.add_argument("--flops", action="store_true",
                         help="Also count the FLOPs of one step per setting (torch.utils.flop_counter: matmuls, "
                              "convolutions, attention; forward + backward): a noise-free cost measure.")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU; default: torch's).")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default=None, help="Also write the results to this JSON file.")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0 or args.batch_size < 2:
-        parser.error("--steps must be >= 1, --warmup >= 0 and --batch_size >= 2 (BatchNorm in the heads)")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda given but torch.cuda.is_available() is False")
+    check_common_arguments(parser, args, min_batch=2)  # 2: BatchNorm in the heads
     return args
 
 
@@ -141,13 +130,6 @@ class Setting:
         return sum(p.numel() * p.element_size() for m in self.modules for p in m.parameters() if p.requires_grad)
 
 
-def autocast_context(device: str, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device, dtype=dtype)
-
-
 def make_optimizer(modules: list[torch.nn.Module]) -> torch.optim.Optimizer:
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05)
@@ -206,11 +188,6 @@ def model_setting(name: str, config: ArtStyleConfig, views, args) -> Setting:
 
 
 # ---------------------------------------------------------------------------------------------- measuring
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def timed(setting: Setting, device: str) -> float:
     synchronize(device)
     start = time.perf_counter()
@@ -304,9 +281,7 @@ def mib(value: int | None) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    setup(args)
     config = build_config(args)
     device = torch.device(args.device)
     shape = (args.batch_size, 3, config.image_size, config.image_size)

@@ -1,0 +1,56 @@
+"""Pieces shared by the benchmark scripts: common options, device sync, autocast, setup."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+
+import torch
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, batch_help: str) -> None:
+    """Options every benchmark takes: model size, batch, device, precision, repetitions, threads, seed, JSON."""
+    parser.add_argument("--config_preset", "--backbone", dest="config_preset", default="tiny",
+                        choices=["tiny", "vit_small", "vit_base"], help="ArtStyleConfig preset (backbone + heads).")
+    parser.add_argument("--image_size", type=int, default=None, help="Input size (default: the preset's).")
+    parser.add_argument("--batch_size", type=int, default=32, help=batch_help)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="fp32, or torch.autocast with bf16/fp16.")
+    parser.add_argument("--steps", type=int, default=20, help="Measured repetitions per setting (median taken).")
+    parser.add_argument("--warmup", type=int, default=3, help="Unmeasured repetitions per setting first.")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU; default: torch's).")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, help="Also write the results to this JSON file.")
+
+
+def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, min_batch: int = 1) -> None:
+    """``parser.error`` (exit 2 with the option's name) on values no benchmark can run with."""
+    if args.steps < 1 or args.warmup < 0:
+        parser.error(f"--steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
+    if args.batch_size < min_batch:
+        parser.error(f"--batch_size must be >= {min_batch}, got {args.batch_size}")
+    if args.image_size is not None and args.image_size < 1:
+        parser.error(f"--image_size must be >= 1, got {args.image_size}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda given but torch.cuda.is_available() is False")
+
+
+def setup(args: argparse.Namespace) -> None:
+    """Threads and seed, before any model is built."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued CUDA work, so that ``time.perf_counter`` brackets the real compute."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def autocast_context(device: str, precision: str):
+    """``torch.autocast`` for bf16/fp16, a no-op context for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)

@@ -1,0 +1,145 @@
+"""The benchmark scripts: last-line contracts, argument errors, and the ablation's split and report logic."""
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def last_line(capsys) -> str:
+    return capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def test_pretrain_step_last_line_matches_returned_ratios(capsys):
+    bench = load_script("bench_pretrain_step")
+    out = bench.main(["--steps", "2", "--warmup", "1", "--batch_size", "4", "--threads", "1"])
+    line = last_line(capsys)
+    match = re.fullmatch(r"floor_ratio=(\d+\.\d{3}) full_ratio=(\d+\.\d{3}) memory_ratio=(\d+\.\d{3})", line)
+    assert match, line
+    for value, key in zip(match.groups(), ("floor_ratio", "full_ratio", "memory_ratio")):
+        assert float(value) == pytest.approx(out["ratios"][key], abs=5e-4)
+    # one backbone pass per view and encoder, in every setting
+    for name in ("floor", "baseline", "full"):
+        passes = out["results"][name]["backbone_passes"]  # {student path: 2, teacher path: 2}
+        assert sorted(passes.values()) == [2, 2] and len(passes) == 2, (name, passes)
+        assert len(out["results"][name]["times_s"]) == 2
+    # the full method holds strictly more state (heads, fusion, Gram) than the baseline
+    assert out["ratios"]["memory_ratio"] > 1.0
+
+
+def test_inference_last_line(capsys):
+    bench = load_script("bench_inference")
+    out = bench.main(["--steps", "1", "--warmup", "0", "--batch_size", "2", "--pipeline_batches", "1",
+                      "--pipeline_batch_size", "2", "--pipeline_image_size", "40", "--threads", "1"])
+    line = last_line(capsys)
+    match = re.fullmatch(r"inference_ratio=(\d+\.\d{3}) pipeline_images_per_s=(\d+\.\d)", line)
+    assert match, line
+    assert float(match.group(1)) == pytest.approx(out["inference_ratio"], abs=5e-4)
+    assert out["pipeline_images_per_s"] > 0
+
+
+@pytest.mark.parametrize(("script", "argv", "message"), [
+    ("bench_pretrain_step", ["--batch_size", "1"], "--batch_size must be >= 2"),
+    ("bench_inference", ["--steps", "0"], "--steps must be >= 1"),
+    ("bench_inference", ["--pipeline_batches", "0"], "--pipeline_batches"),
+])
+def test_benchmark_argument_errors_name_the_option(script, argv, message, capsys):
+    bench = load_script(script)
+    with pytest.raises(SystemExit) as error:
+        bench.parse_args(argv)
+    assert error.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- ablation
+@pytest.fixture
+def folder_dataset(tmp_path):
+    """3 classes x 10 images of distinct flat colours (class-per-folder)."""
+    root = tmp_path / "paintings"
+    for label, colour in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
+        for index in range(10):
+            rng = np.random.default_rng(label * 100 + index)
+            array = np.clip(np.array(colour) + rng.integers(-20, 21, (24, 24, 3)), 0, 255).astype(np.uint8)
+            (root / f"class_{label}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(root / f"class_{label}" / f"{index}.png")
+    return root
+
+
+def test_ablation_settings_switch_one_component_on():
+    ablation = load_script("ablation")
+    args = ablation.parse_args(["--data_dir", ".", "--output_dir", "unused", "--max_steps", "1"])
+    baseline = ablation.setting_overrides("moco_v3", args)
+    assert baseline == {"weight_layerwise": 0.0, "weight_distill": 0.0, "weight_gram": 0.0, "soft_alpha": 1.0,
+                        "pooler": "cls"}
+    gram = ablation.setting_overrides("moco_v3+gram", args)
+    assert gram["weight_gram"] > 0 and {k: v for k, v in gram.items() if k != "weight_gram"} == {
+        k: v for k, v in baseline.items() if k != "weight_gram"}
+    assert ablation.setting_overrides("full", args) == {}
+    assert ablation.setting_overrides("full_fused_style", args) == {"pooler": "fused_style"}
+
+
+def test_ablation_validation_split_never_reads_test(folder_dataset):
+    from datasets import Image as ImageFeature
+
+    from artstyle.data import load_style_dataset
+
+    ablation = load_script("ablation")
+    splits = load_style_dataset("imagefolder", data_dir=str(folder_dataset), test_size=0.2, seed=0)
+    tuning = ablation.validation_splits(splits["train"], 0.25, seed=0)
+
+    def paths(dataset):
+        return [row["path"] for row in dataset.cast_column("image", ImageFeature(decode=False))["image"]]
+
+    assert len(tuning["train"]) + len(tuning["test"]) == len(splits["train"]) == 24
+    assert sorted(np.bincount(tuning["test"]["label"])) == [2, 2, 2]  # stratified: 25 % of 8 per class
+    assert sorted(paths(tuning["train"]) + paths(tuning["test"])) == sorted(paths(splits["train"]))
+    assert not set(paths(tuning["test"])) & set(paths(splits["test"]))
+
+
+def test_ablation_random_init_writes_result_report_and_skips(folder_dataset, tmp_path, capsys):
+    ablation = load_script("ablation")
+    output = tmp_path / "ablation"
+    argv = ["--data_dir", str(folder_dataset), "--output_dir", str(output), "--settings", "random_init",
+            "--seeds", "0,1", "--max_steps", "1", "--num_workers", "0", "--probe_epochs", "30",
+            "--config_overrides", json.dumps({"backbone_depth": 1, "image_size": 16})]
+    assert ablation.main(argv) == 0
+    records = [json.loads((output / "results" / f"random_init__seed{seed}.json").read_text()) for seed in (0, 1)]
+    assert [r["num_test"] for r in records] == [6, 6] and records[0]["split"]["eval"] == "test"
+    accuracies = [r["linear_probe_acc"] * 100 for r in records]
+    table = (output / "ablation.md").read_text()
+    mean, std = np.mean(accuracies), np.std(accuracies, ddof=1)
+    assert f"| random_init | 2 | 0 | 0.0 | {mean:.1f} ± {std:.1f} |" in table
+    assert (output / "ablation.png").stat().st_size > 0
+    # flat colours: even a random 1-block encoder separates them far above chance (33 %)
+    assert min(accuracies) > 60
+    capsys.readouterr()
+    assert ablation.main(argv) == 0
+    assert capsys.readouterr().out.count("skip random_init") == 2
+
+
+def test_ablation_report_refuses_mixed_eval_splits(tmp_path):
+    ablation = load_script("ablation")
+    results = tmp_path / "results"
+    results.mkdir()
+    base = {"setting": "random_init", "seed": 0, "config_preset": "tiny", "batch_size": 8, "num_train": 8,
+            "num_test": 2, "num_classes": 2, "linear_probe_acc": 0.5, "knn_acc": 0.5}
+    (results / "a.json").write_text(json.dumps({**base, "split": {"test_size": 0.2, "seed": 0, "eval": "test"}}))
+    (results / "b.json").write_text(json.dumps({**base, "split": {"test_size": 0.2, "seed": 0,
+                                                                  "eval": "validation"}}))
+    with pytest.raises(ValueError, match="different splits"):
+        ablation.write_report(tmp_path)
