@@ -49,36 +49,27 @@ _VIEW_DEFAULTS: dict[str, Any] = {
     "solarize_threshold": 128,
 }
 
+# Shared by both views of "style_preserving"; only the blur probability differs between them.
+_STYLE_PRESERVING_VIEW: dict[str, Any] = {
+    "crop_scale": (0.3, 1.0),
+    "jitter_p": 0.5,
+    "brightness": 0.2,
+    "contrast": 0.2,
+    "saturation": 0.1,
+    "hue": 0.02,
+    "grayscale_p": 0.0,
+    "blur_sigma": (0.1, 1.0),
+    "solarize_p": 0.0,
+}
+
 SSL_PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "moco_v3": (
         {},
         {"blur_p": 0.1, "solarize_p": 0.2},
     ),
     "style_preserving": (
-        {
-            "crop_scale": (0.3, 1.0),
-            "jitter_p": 0.5,
-            "brightness": 0.2,
-            "contrast": 0.2,
-            "saturation": 0.1,
-            "hue": 0.02,
-            "grayscale_p": 0.0,
-            "blur_p": 0.5,
-            "blur_sigma": (0.1, 1.0),
-            "solarize_p": 0.0,
-        },
-        {
-            "crop_scale": (0.3, 1.0),
-            "jitter_p": 0.5,
-            "brightness": 0.2,
-            "contrast": 0.2,
-            "saturation": 0.1,
-            "hue": 0.02,
-            "grayscale_p": 0.0,
-            "blur_p": 0.1,
-            "blur_sigma": (0.1, 1.0),
-            "solarize_p": 0.0,
-        },
+        {**_STYLE_PRESERVING_VIEW, "blur_p": 0.5},
+        {**_STYLE_PRESERVING_VIEW, "blur_p": 0.1},
     ),
 }
 
