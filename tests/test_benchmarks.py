@@ -8,9 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """The scripts may call torch.set_num_threads; later tests compare results with subprocesses bit for bit."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def load_script(name: str):
@@ -27,7 +36,7 @@ def last_line(capsys) -> str:
 
 def test_pretrain_step_last_line_matches_returned_ratios(capsys):
     bench = load_script("bench_pretrain_step")
-    out = bench.main(["--steps", "2", "--warmup", "1", "--batch_size", "4", "--threads", "1"])
+    out = bench.main(["--steps", "2", "--warmup", "1", "--batch_size", "4"])
     line = last_line(capsys)
     match = re.fullmatch(r"floor_ratio=(\d+\.\d{3}) full_ratio=(\d+\.\d{3}) memory_ratio=(\d+\.\d{3})", line)
     assert match, line
@@ -45,7 +54,7 @@ def test_pretrain_step_last_line_matches_returned_ratios(capsys):
 def test_inference_last_line(capsys):
     bench = load_script("bench_inference")
     out = bench.main(["--steps", "1", "--warmup", "0", "--batch_size", "2", "--pipeline_batches", "1",
-                      "--pipeline_batch_size", "2", "--pipeline_image_size", "40", "--threads", "1"])
+                      "--pipeline_batch_size", "2", "--pipeline_image_size", "40"])
     line = last_line(capsys)
     match = re.fullmatch(r"inference_ratio=(\d+\.\d{3}) pipeline_images_per_s=(\d+\.\d)", line)
     assert match, line
