@@ -373,7 +373,8 @@ def write_report(output_dir: Path) -> Path | None:
         f"Held-out split: stratified {1 - first['split']['test_size']:.0%}/{first['split']['test_size']:.0%}, "
         f"seed {first['split']['seed']} ({first['num_train']} train / {first['num_test']} held-out images, "
         f"{first['num_classes']} classes). Mean ± std over seeds (std only with ≥ 2 seeds). "
-        f"Preset {first['config_preset']}, batch {first['batch_size']}.",
+        f"Preset {first['config_preset']}, batch {first['batch_size']}, "
+        f"augmentation {first.get('augmentation', 'moco_v3 (run_pretrain default)')}.",
         "Linear probe: artstyle.evaluation.train_linear_probe on frozen pooler_output features; kNN: weighted "
         "(k=20, T=0.07 unless changed) artstyle.evaluation.knn_classify.",
     ]

@@ -7,7 +7,7 @@
 2. End to end: a randomly initialised classifier and ``build_image_processor(config)`` are saved to a temporary
    folder, loaded by ``transformers.pipeline("image-classification", model=folder)`` and fed batches of
    ``--pipeline_batch_size`` random PIL images (``--pipeline_image_size`` px, decoded RGB); images/s = batch size /
-   median seconds per batch.
+   median seconds per batch. The pipeline runs in fp32: ``--precision`` applies to the model-forward comparison.
 
 The last line of the output is exactly ``inference_ratio=<artstyle/timm> pipeline_images_per_s=<images/s>``.
 """
