@@ -276,14 +276,56 @@ class ArtStyleConfig(PretrainedConfig):
             raise ValueError(f"`config_preset`: unknown preset {name!r}; choose one of {sorted(presets)}")
         return presets[name](**overrides)
 
-    def moco_v3_baseline(self) -> ArtStyleConfig:
-        """A copy with the MoCo v3 baseline settings: only the hard contrastive loss, CLS pooler."""
+    # ------------------------------------------------------------------ components (the one source of truth)
+    @property
+    def components(self) -> dict[str, bool]:
+        """Which of the paper's four components are switched on, by name (see ``COMPONENTS``)."""
+        return {name: getattr(self, field) != off for name, (field, off) in COMPONENTS.items()}
+
+    def with_components(self, reference: ArtStyleConfig | None = None, **switches: bool) -> ArtStyleConfig:
+        """A copy with the named components switched on or off, e.g. ``config.with_components(gram=False)``.
+
+        Off sets the component's field to its "off" value (weight 0, ``soft_alpha`` 1). On keeps the current value
+        when it is already on, else takes the value of ``reference`` (default: this config's class defaults).
+        Unknown names raise ``ValueError``.
+        """
+        unknown = sorted(set(switches) - set(COMPONENTS))
+        if unknown:
+            raise ValueError(f"unknown component(s) {unknown}; choose from {list(COMPONENTS)}")
         other = copy.deepcopy(self)
-        other.weight_layerwise = other.weight_distill = other.weight_gram = 0.0
-        other.soft_alpha = 1.0
+        for name, on in switches.items():
+            field, off = COMPONENTS[name]
+            if not on:
+                setattr(other, field, off)
+            elif getattr(other, field) == off:
+                value = getattr(reference, field) if reference is not None else _default_of(field)
+                if value == off:
+                    raise ValueError(f"cannot switch `{name}` on: the reference value of `{field}` is its off value "
+                                     f"{off!r}")
+                setattr(other, field, value)
+        other.validate_artstyle()
+        return other
+
+    def moco_v3_baseline(self) -> ArtStyleConfig:
+        """A copy with the MoCo v3 baseline settings: every component off (hard contrast only), CLS pooler."""
+        other = self.with_components(**{name: False for name in COMPONENTS})
         other.pooler = "cls"
         other.validate_artstyle()
         return other
 
 
-__all__ = ["ArtStyleConfig"]
+# component name -> (config field that switches it, the field's "off" value)
+COMPONENTS: dict[str, tuple[str, float]] = {
+    "layerwise": ("weight_layerwise", 0.0),  # attention-guided layer fusion + layer-wise contrast
+    "distill": ("weight_distill", 0.0),  # multi-layer self-distillation
+    "soft": ("soft_alpha", 1.0),  # similarity-aware soft contrast (1.0 = hard InfoNCE)
+    "gram": ("weight_gram", 0.0),  # learnable Gram matrix
+}
+
+
+def _default_of(field: str):
+    import inspect
+
+    return inspect.signature(ArtStyleConfig.__init__).parameters[field].default
+
+__all__ = ["ArtStyleConfig", "COMPONENTS"]

@@ -49,18 +49,13 @@ import sys
 import time
 from pathlib import Path
 
+from artstyle.configuration_artstyle import COMPONENTS
+
 REPO = Path(__file__).resolve().parents[1]
 RESULT_VERSION = 1
 
-COMPONENTS = {  # setting suffix -> the config fields that switch the component on (value: the preset default)
-    "layerwise": ("weight_layerwise",),
-    "distill": ("weight_distill",),
-    "soft": ("soft_alpha",),
-    "gram": ("weight_gram",),
-}
-BASELINE_FIELDS = ("weight_layerwise", "weight_distill", "weight_gram", "soft_alpha", "pooler")
-ALL_SETTINGS = ["random_init", "moco_v3", "moco_v3+layerwise", "moco_v3+distill", "moco_v3+soft", "moco_v3+gram",
-                "full", "full_fused", "full_fused_style"]
+ALL_SETTINGS = (["random_init", "moco_v3"] + [f"moco_v3+{name}" for name in COMPONENTS]
+                + ["full", "full_fused", "full_fused_style"])
 PROFILES = {
     "quick": {"settings": ["random_init", "moco_v3", "full"], "seeds": [0], "minutes": None, "max_steps": 200,
               "batch_size": 64},
@@ -147,16 +142,16 @@ def setting_overrides(setting: str, args: argparse.Namespace) -> dict:
     from artstyle import ArtStyleConfig
 
     defaults = ArtStyleConfig.from_preset(args.config_preset, **args.config_overrides)
-    baseline = defaults.moco_v3_baseline()
     overrides = dict(args.config_overrides)
     if setting in ("random_init", "full"):
         return overrides
     if setting.startswith("full_"):
         return {**overrides, "pooler": setting.removeprefix("full_")}
-    overrides.update({name: getattr(baseline, name) for name in BASELINE_FIELDS})
+    baseline = defaults.moco_v3_baseline()
     if setting != "moco_v3":
-        for name in COMPONENTS[setting.removeprefix("moco_v3+")]:
-            overrides[name] = getattr(defaults, name)
+        baseline = baseline.with_components(reference=defaults, **{setting.removeprefix("moco_v3+"): True})
+    fields = [field for field, _ in COMPONENTS.values()] + ["pooler"]
+    overrides.update({name: getattr(baseline, name) for name in fields})
     return overrides
 
 

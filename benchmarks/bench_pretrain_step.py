@@ -26,7 +26,6 @@ The last line of the output is exactly ``floor_ratio=<b/a> full_ratio=<c/b> memo
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 import torch
 
 from artstyle import ArtStyleConfig, ArtStyleForPretraining
+from artstyle.configuration_artstyle import COMPONENTS
 from artstyle.modeling_artstyle import build_backbone
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -69,16 +69,7 @@ def build_config(args: argparse.Namespace) -> ArtStyleConfig:
 def component_configs(config: ArtStyleConfig) -> dict[str, ArtStyleConfig]:
     """The baseline with exactly one component of the full method switched on (for ``--breakdown``)."""
     baseline = config.moco_v3_baseline()
-    variants = {}
-    for name, changes in (("+layerwise", {"weight_layerwise": config.weight_layerwise}),
-                          ("+distill", {"weight_distill": config.weight_distill}),
-                          ("+soft", {"soft_alpha": config.soft_alpha}),
-                          ("+gram", {"weight_gram": config.weight_gram})):
-        variant = copy.deepcopy(baseline)
-        for key, value in changes.items():
-            setattr(variant, key, value)
-        variant.validate_artstyle()
-        variants[name] = variant
+    variants = {f"+{name}": baseline.with_components(reference=config, **{name: True}) for name in COMPONENTS}
     return variants
 
 

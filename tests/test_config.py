@@ -64,3 +64,23 @@ def test_moco_v3_baseline_switches_components_off():
     assert (baseline.weight_layerwise, baseline.weight_distill, baseline.weight_gram) == (0, 0, 0)
     assert baseline.soft_alpha == 1.0 and baseline.pooler == "cls"
     assert not baseline.uses_fusion and not baseline.uses_gram
+
+
+def test_components_name_the_switches_and_round_trip():
+    config = tiny_config(weight_gram=0.25)
+    assert config.components == {"layerwise": True, "distill": True, "soft": True, "gram": True}
+    baseline = config.moco_v3_baseline()
+    assert baseline.components == dict.fromkeys(baseline.components, False)
+    switches = (baseline.weight_layerwise, baseline.weight_distill, baseline.weight_gram, baseline.soft_alpha)
+    assert switches == (0, 0, 0, 1)
+    back = baseline.with_components(reference=config, gram=True)
+    assert back.components == {"layerwise": False, "distill": False, "soft": False, "gram": True}
+    assert back.weight_gram == 0.25  # the reference's value, not the class default
+    assert baseline.with_components(gram=True).weight_gram == 1.0  # class default without a reference
+    assert config.with_components(soft=False).soft_alpha == 1.0
+    assert config.weight_gram == 0.25  # the original is untouched
+
+
+def test_with_components_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown component"):
+        tiny_config().with_components(fusion=True)
