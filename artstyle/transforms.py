@@ -30,6 +30,8 @@ __all__ = [
     "build_ssl_transform",
     "build_ssl_view",
     "build_train_transform",
+    "blur_kernel_size",
+    "ssl_view_settings",
 ]
 
 # Settings of one SSL view (the keyword arguments of `build_ssl_view`, except size/mean/std).
@@ -88,7 +90,7 @@ class TwoViewTransform:
         return f"{type(self).__name__}(\n  view1={self.view1},\n  view2={self.view2})"
 
 
-def _blur_kernel_size(image_size: int) -> int:
+def blur_kernel_size(image_size: int) -> int:
     """About 10% of the image side, odd, at least 3 (as in SimCLR / MoCo)."""
     k = max(3, int(0.1 * image_size))
     return k if k % 2 == 1 else k + 1
@@ -163,12 +165,35 @@ def build_ssl_view(
     if grayscale_p > 0:
         ops.append(T.RandomGrayscale(p=grayscale_p))
     if blur_p > 0:
-        blur = T.GaussianBlur(kernel_size=_blur_kernel_size(min(size)), sigma=tuple(blur_sigma))
+        blur = T.GaussianBlur(kernel_size=blur_kernel_size(min(size)), sigma=tuple(blur_sigma))
         ops.append(T.RandomApply([blur], p=blur_p))
     if solarize_p > 0:
         ops.append(T.RandomSolarize(threshold=solarize_threshold, p=solarize_p))
     ops += [T.ToDtype(torch.float32, scale=True), T.Normalize(mean=mean, std=std)]
     return T.Compose(ops)
+
+
+def ssl_view_settings(preset: str = "moco_v3", **overrides: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The settings of both views of ``preset`` after ``overrides`` (see `build_ssl_transform`).
+
+    The one place the CPU transforms and `artstyle.gpu_augment.GPUTwoViewAugment` read their numbers from.
+    Returns two dicts with every key of `build_ssl_view`'s settings (crop_scale, ..., solarize_threshold).
+    """
+    if preset not in SSL_PRESETS:
+        raise ValueError(f"Unknown SSL preset {preset!r}; choose one of {sorted(SSL_PRESETS)}")
+    views = [{**_VIEW_DEFAULTS, **copy.deepcopy(p)} for p in SSL_PRESETS[preset]]
+    for key, value in overrides.items():
+        targets, name = (0, 1), key
+        if key.startswith(("view1_", "view2_")):
+            targets, name = (int(key[4]) - 1,), key[len("view1_"):]
+        if name not in _VIEW_DEFAULTS:
+            raise ValueError(
+                f"Unknown SSL transform setting {key!r}; valid settings: {sorted(_VIEW_DEFAULTS)} "
+                "(optionally prefixed with view1_ or view2_)"
+            )
+        for t in targets:
+            views[t][name] = value
+    return views[0], views[1]
 
 
 def build_ssl_transform(
@@ -185,20 +210,7 @@ def build_ssl_transform(
     ``view1_name=value`` / ``view2_name=value`` for one view only, e.g.
     ``build_ssl_transform("moco_v3", 64, mean, std, crop_scale=(0.2, 1.0), view2_solarize_p=0.0)``.
     """
-    if preset not in SSL_PRESETS:
-        raise ValueError(f"Unknown SSL preset {preset!r}; choose one of {sorted(SSL_PRESETS)}")
-    views = [{**_VIEW_DEFAULTS, **copy.deepcopy(p)} for p in SSL_PRESETS[preset]]
-    for key, value in overrides.items():
-        targets, name = (0, 1), key
-        if key.startswith(("view1_", "view2_")):
-            targets, name = (int(key[4]) - 1,), key[len("view1_"):]
-        if name not in _VIEW_DEFAULTS:
-            raise ValueError(
-                f"Unknown SSL transform setting {key!r}; valid settings: {sorted(_VIEW_DEFAULTS)} "
-                "(optionally prefixed with view1_ or view2_)"
-            )
-        for t in targets:
-            views[t][name] = value
+    views = ssl_view_settings(preset, **overrides)
     return TwoViewTransform(
         build_ssl_view(image_size, mean, std, **views[0]),
         build_ssl_view(image_size, mean, std, **views[1]),
