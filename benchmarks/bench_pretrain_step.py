@@ -13,12 +13,24 @@ so that machine noise (other processes, thermal, turbo) hits them alike:
 ``--breakdown`` adds the baseline with ONE component switched on at a time (layer-wise contrast, distillation, soft
 contrast, Gram), so that a missed target can be pinned on a component.
 
+``--compile`` adds the same three settings with ``torch.compile`` (``nn.Module.compile``: the student and teacher
+backbones of the floor, the whole ``ArtStyleForPretraining`` forward, EMA and queue included; backward through the
+compiled graph; the optimizer step stays eager), interleaved with the eager ones, and reports the ratios of both
+modes and ``compile_speedup`` = eager full step / compiled full step. ``--compile_mode`` picks torch.compile's mode
+(``reduce-overhead`` = CUDA graphs). The per-layer heads need no change for compiling: ``artstyle.heads.PerLayerMLP``
+already runs all layers' MLPs as two batched ``baddbmm`` calls.
+
+``--peak_tflops P`` counts the floor's FLOPs (``torch.utils.flop_counter``, forward + backward) and reports
+``floor_peak_fraction`` = floor FLOPs / floor median time / P (e.g. 989 for an H100/H200's dense bf16 peak).
+
 Time: median over ``--steps`` measured steps after ``--warmup`` steps (per setting). Peak memory: on CUDA,
 ``torch.cuda.max_memory_allocated`` during one step (reset before it) minus the memory held by the OTHER settings'
 models; on CPU, the peak of the summed bytes of the tensors autograd saves for backward (unique storages, parameters
 excluded; collected with ``torch.autograd.graph.saved_tensors_hooks``) plus the bytes of parameters, buffers,
 gradients and optimizer state. The CPU figure is a model of the memory the step needs, not an allocator reading.
 It is printed on CUDA too, for comparison.
+
+Compiled settings skip the memory and backbone-pass measurements (hooks would force recompilation).
 
 The last line of the output is exactly ``floor_ratio=<b/a> full_ratio=<c/b> memory_ratio=<mem c/mem b>``.
 """
@@ -56,13 +68,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--flops", action="store_true",
                         help="Also count the FLOPs of one step per setting (torch.utils.flop_counter: matmuls, "
                              "convolutions, attention; forward + backward): a noise-free cost measure.")
+    parser.add_argument("--compile", action="store_true",
+                        help="Also time the three settings compiled with torch.compile (eager vs compiled).")
+    parser.add_argument("--compile_mode", default="default",
+                        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                        help="torch.compile mode for --compile.")
+    parser.add_argument("--peak_tflops", type=float, default=None,
+                        help="Device peak TFLOP/s at --precision: report the floor's fraction of it.")
+    parser.add_argument("--config_overrides", default=None,
+                        help='JSON object of ArtStyleConfig overrides, e.g. \'{"backbone_depth": 2}\'.')
     args = parser.parse_args(argv)
     check_common_arguments(parser, args, min_batch=2)  # 2: BatchNorm in the heads
+    if args.peak_tflops is not None and args.peak_tflops <= 0:
+        parser.error(f"--peak_tflops must be > 0, got {args.peak_tflops}")
+    if args.config_overrides is not None:
+        try:
+            overrides = json.loads(args.config_overrides)
+        except json.JSONDecodeError as error:
+            parser.error(f"--config_overrides is not valid JSON: {error}")
+        if not isinstance(overrides, dict):
+            parser.error("--config_overrides must be a JSON object")
     return args
 
 
 def build_config(args: argparse.Namespace) -> ArtStyleConfig:
     overrides = {} if args.image_size is None else {"image_size": args.image_size}
+    if args.config_overrides:
+        overrides.update(json.loads(args.config_overrides))
     return ArtStyleConfig.from_preset(args.config_preset, **overrides)
 
 
@@ -90,6 +122,7 @@ class Setting:
     backbone_passes: dict[str, int] | None = None
     flops: int | None = None
     module_names: tuple[str, ...] = ()
+    compiled: bool = False
 
     def persistent_bytes(self) -> int:
         """Parameters, buffers, existing gradients and optimizer state of this setting."""
@@ -141,12 +174,15 @@ def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scal
     optimizer.zero_grad(set_to_none=True)
 
 
-def floor_setting(config: ArtStyleConfig, views, args) -> Setting:
+def floor_setting(config: ArtStyleConfig, views, args, compiled: bool = False) -> Setting:
     """(a) bare timm ViT: 2 student forward+backward, 2 teacher forward (no_grad), AdamW."""
     student = build_backbone(config).to(args.device).train()
     teacher = build_backbone(config).to(args.device).eval()
     teacher.load_state_dict(student.state_dict())
     teacher.requires_grad_(False)
+    if compiled:
+        student.compile(mode=args.compile_mode)
+        teacher.compile(mode=args.compile_mode)
     optimizer = make_optimizer([student])
     scaler = make_scaler(args.device, args.precision)
     x1, x2 = views
@@ -160,12 +196,15 @@ def floor_setting(config: ArtStyleConfig, views, args) -> Setting:
             loss = -((s1.float() * t2.float()).sum(-1).mean() + (s2.float() * t1.float()).sum(-1).mean()) / 2
         backward_and_step(loss, optimizer, scaler)
 
-    return Setting("floor", [student, teacher], optimizer, step, module_names=("student", "teacher"))
+    return Setting("floor_compiled" if compiled else "floor", [student, teacher], optimizer, step,
+                   module_names=("student", "teacher"), compiled=compiled)
 
 
-def model_setting(name: str, config: ArtStyleConfig, views, args) -> Setting:
+def model_setting(name: str, config: ArtStyleConfig, views, args, compiled: bool = False) -> Setting:
     """(b)/(c): ArtStyleForPretraining forward (with teacher EMA) + backward + AdamW."""
     model = ArtStyleForPretraining(config).to(args.device).train()
+    if compiled:
+        model.compile(mode=args.compile_mode)
     optimizer = make_optimizer([model])
     scaler = make_scaler(args.device, args.precision)
     x1, x2 = views
@@ -175,7 +214,7 @@ def model_setting(name: str, config: ArtStyleConfig, views, args) -> Setting:
             loss = model(pixel_values=x1, pixel_values_2=x2, momentum=MOMENTUM).loss
         backward_and_step(loss, optimizer, scaler)
 
-    return Setting(name, [model], optimizer, step)
+    return Setting(f"{name}_compiled" if compiled else name, [model], optimizer, step, compiled=compiled)
 
 
 # ---------------------------------------------------------------------------------------------- measuring
@@ -283,6 +322,10 @@ def main(argv: list[str] | None = None) -> dict:
                 model_setting("full", config, views, args)]
     if args.breakdown:
         settings += [model_setting(name, variant, views, args) for name, variant in component_configs(config).items()]
+    if args.compile:
+        settings += [floor_setting(config, views, args, compiled=True),
+                     model_setting("baseline", config.moco_v3_baseline(), views, args, compiled=True),
+                     model_setting("full", config, views, args, compiled=True)]
 
     print(f"# artstyle pretraining step benchmark | preset={args.config_preset} backbone={config.backbone} "
           f"depth={config.num_blocks} width={config.hidden_size} image_size={config.image_size} "
@@ -295,12 +338,20 @@ def main(argv: list[str] | None = None) -> dict:
     if args.device == "cuda":
         print(f"# device: {torch.cuda.get_device_name()}", flush=True)
 
+    compile_seconds = {}
     for setting in settings:  # warm-up (also allocates the optimizer state before memory is read)
-        for _ in range(max(args.warmup, 1)):
+        start = time.perf_counter()
+        for index in range(max(args.warmup, 1) + (2 if setting.compiled else 0)):  # compiled: + recompilations
             setting.step()
+            if index == 0 and setting.compiled:
+                synchronize(args.device)
+                compile_seconds[setting.name] = time.perf_counter() - start
+                print(f"# {setting.name}: first step (compilation) {compile_seconds[setting.name]:.1f} s", flush=True)
     for setting in settings:
+        if setting.compiled:
+            continue
         setting.backbone_passes = count_backbone_passes(setting)
-        if args.flops:
+        if args.flops or (args.peak_tflops and setting.name == "floor"):
             setting.flops = count_flops(setting)
         measure_memory(setting, settings, args.device)
     for index in range(args.steps):  # interleaved: a, b, c, a, b, c, ...
@@ -329,7 +380,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.flops:
         base_flops = by_name["baseline"].flops
         print("# FLOPs per step (torch.utils.flop_counter; matmul/conv/attention only, forward + backward):")
-        for s in settings:
+        for s in (s for s in settings if s.flops is not None):
             print(f"#   {s.name:<12} {s.flops / 1e9:10.2f} GFLOP  vs baseline {s.flops / base_flops:6.3f}  "
                   f"vs floor {s.flops / by_name['floor'].flops:6.3f}")
             results[s.name]["flops"] = s.flops
@@ -355,14 +406,32 @@ def main(argv: list[str] | None = None) -> dict:
     for key, value in ratios.items():
         verdict = "ok" if value <= TARGETS[key] else "MISSED"
         print(f"# target {key} <= {TARGETS[key]:.2f}: {value:.3f} {verdict}")
+    extra = {}
+    if args.compile:
+        compiled = {name: statistics.median(by_name[f"{name}_compiled"].times)
+                    for name in ("floor", "baseline", "full")}
+        extra["compiled_ratios"] = {"floor_ratio": compiled["baseline"] / compiled["floor"],
+                                    "full_ratio": compiled["full"] / compiled["baseline"]}
+        extra["compile_speedup"] = statistics.median(by_name["full"].times) / compiled["full"]
+        extra["compile_speedup_paired"] = paired_ratio(by_name["full"].times, by_name["full_compiled"].times)
+        extra["compile_seconds"] = compile_seconds
+        print(f"# compiled ({args.compile_mode}): floor_ratio={extra['compiled_ratios']['floor_ratio']:.3f} "
+              f"full_ratio={extra['compiled_ratios']['full_ratio']:.3f} compile_speedup (eager full / compiled full)="
+              f"{extra['compile_speedup']:.3f} (paired {extra['compile_speedup_paired']:.3f})")
+    if args.peak_tflops:
+        floor = by_name["floor"]
+        extra["floor_tflops"] = floor.flops / floor_time / 1e12
+        extra["floor_peak_fraction"] = extra["floor_tflops"] / args.peak_tflops
+        results["floor"]["flops"] = floor.flops
+        print(f"# floor: {floor.flops / 1e9:.1f} GFLOP/step in {floor_time * 1e3:.2f} ms = {extra['floor_tflops']:.2f} "
+              f"TFLOP/s = {100 * extra['floor_peak_fraction']:.1f} % of the {args.peak_tflops:g} TFLOP/s peak")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"args": vars(args), "results": results, "ratios": ratios, "paired_ratios": paired,
-                       "targets": TARGETS}, handle,
-                      indent=2)
+                       "targets": TARGETS, **extra}, handle, indent=2)
     print(f"floor_ratio={ratios['floor_ratio']:.3f} full_ratio={ratios['full_ratio']:.3f} "
           f"memory_ratio={ratios['memory_ratio']:.3f}", flush=True)
-    return {"results": results, "ratios": ratios}
+    return {"results": results, "ratios": ratios, **extra}
 
 
 if __name__ == "__main__":

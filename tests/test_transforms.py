@@ -125,3 +125,63 @@ def test_train_transform(image, rand_augment):
     assert ("RandAugment" in names) == (rand_augment is not None)
     with pytest.raises(ValueError, match="rand_augment"):
         build_train_transform(processor, rand_augment="autoaug")
+
+
+# ---------------------------------------------------------------------------------------------- shared settings
+def test_ssl_view_settings_are_what_build_ssl_transform_uses():
+    from artstyle.transforms import blur_kernel_size, ssl_view_settings
+
+    view1, view2 = ssl_view_settings("style_preserving", view2_solarize_p=0.3, crop_scale=(0.5, 1.0))
+    assert view1["blur_p"] == 0.5 and view2["blur_p"] == 0.1 and view2["solarize_p"] == 0.3
+    assert view1["crop_scale"] == view2["crop_scale"] == (0.5, 1.0) and view1["hue"] == 0.02
+    transform = build_ssl_transform("style_preserving", 64, MEAN, STD, view2_solarize_p=0.3, crop_scale=(0.5, 1.0))
+    ops = [type(t).__name__ for t in transform.view2.transforms]
+    assert "RandomSolarize" in ops and "RandomSolarize" not in [type(t).__name__ for t in transform.view1.transforms]
+    crop = transform.view1.transforms[1]
+    assert tuple(crop.scale) == (0.5, 1.0)
+    assert [blur_kernel_size(s) for s in (16, 24, 64, 224)] == [3, 3, 7, 23]
+    with pytest.raises(ValueError, match="Unknown SSL transform setting"):
+        ssl_view_settings("moco_v3", blur=0.1)
+
+
+# ---------------------------------------------------------------------------------------------- image processor
+def _processor_images():
+    rng = np.random.default_rng(0)
+    # smooth content (resampling differences stay small), different sizes and aspect ratios
+    images = []
+    for index in range(4):
+        h, w = 50 + 13 * index, 90 - 11 * index
+        yy, xx = np.mgrid[0:h, 0:w]
+        array = np.stack([128 + 100 * np.sin(xx / (5 + c) + yy / (7 + index)) for c in range(3)], -1)
+        images.append(Image.fromarray(np.clip(array + rng.normal(0, 3, array.shape), 0, 255).astype(np.uint8)))
+    return images
+
+
+def test_fast_image_processor_matches_the_pil_one_and_saved_folders_load(tmp_path):
+    from transformers import AutoImageProcessor, ViTImageProcessorPil
+
+    from artstyle import ArtStyleConfig
+    from artstyle.processing import build_image_processor, preprocess_on_device
+
+    config = ArtStyleConfig.from_preset("tiny", image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.3, 0.25])
+    fast, slow = build_image_processor(config), build_image_processor(config, backend="pil")
+    assert isinstance(fast, ViTImageProcessor) and isinstance(slow, ViTImageProcessorPil)
+    images = _processor_images()
+    fast_values = preprocess_on_device(fast, images, "cpu")
+    slow_values = preprocess_on_device(slow, images)
+    assert fast_values.shape == slow_values.shape == (4, 3, 64, 64)
+    # same resize + normalisation: at most ~2 uint8 steps of resampling difference, on average far less
+    assert (fast_values - slow_values).abs().max() < 2.5 / 255 / 0.2
+    assert (fast_values - slow_values).abs().mean() < 0.5 / 255 / 0.2
+    # a hand-written reference of the normalisation on a constant image
+    constant = Image.fromarray(np.full((10, 20, 3), 51, np.uint8))
+    expected = (0.2 - torch.tensor([0.4, 0.5, 0.6])) / torch.tensor([0.2, 0.3, 0.25])
+    torch.testing.assert_close(preprocess_on_device(fast, [constant])[0, :, 5, 5], expected, atol=1e-5, rtol=0)
+    # saved folders load with the fast backend by default, the PIL one on request
+    fast.save_pretrained(tmp_path)
+    assert isinstance(AutoImageProcessor.from_pretrained(tmp_path), ViTImageProcessor)
+    assert isinstance(AutoImageProcessor.from_pretrained(tmp_path, backend="pil"), ViTImageProcessorPil)
+    loaded = AutoImageProcessor.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded(images, return_tensors="pt")["pixel_values"], fast_values)
+    with pytest.raises(ValueError, match="backend"):
+        build_image_processor(config, backend="opencv")

@@ -1,0 +1,231 @@
+"""Data-path throughput of pretraining: CPU augmentation in DataLoader workers vs GPU augmentation on the device.
+
+Source: ``--num_images`` synthetic JPEG images of ``--source_image_size`` px (smooth colour fields with noise, like the
+160 px realart images), written to a temporary folder and read through a ``datasets`` split, as real data is.
+
+Two paths, same DataLoader settings (``--num_workers``, ``EpochSeededSampler``, ``drop_last``, pinned memory on CUDA,
+persistent workers):
+
+  cpu  — ``StyleImageDataset`` + ``build_ssl_transform`` (decode + two augmented float views per image in the workers,
+         ``SeededItems``), the path ``run_pretrain.py`` uses today;
+  gpu  — ``DecodedImages`` (decode + shrink to uint8 in the workers; ``--cache``: read from ``build_decoded_cache``
+         instead) + ``make_two_view_batch`` with ``GPUTwoViewAugment`` on ``--device``.
+
+For each path: (1) *alone*: images/s of ``--batches`` batches delivered as the two normalised views on the device;
+(2) *in a training loop*: ``ArtStyleForPretraining(config)`` forward/backward/AdamW on those batches for
+``--train_steps`` steps (after ``--warmup``): steps/s and the fraction of the wall time spent waiting for data (the
+host blocked in ``next(loader)`` plus, for the gpu path, launching the augmentation; each step ends with a device
+synchronisation, as the loss check of ``run_pretrain.py`` does).
+
+The last line of the output is exactly ``cpu_images_per_s=<x> gpu_images_per_s=<x> cpu_steps_per_s=<x>
+gpu_steps_per_s=<x> cpu_data_wait=<f> gpu_data_wait=<f>`` (one line)
+(fields of a path left out by ``--paths`` print as ``nan``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from artstyle import ArtStyleConfig, ArtStyleForPretraining
+from artstyle.data import StyleImageDataset, collate_skip_bad
+from artstyle.fast_data import (
+    CachedDecodedImages,
+    DecodedImages,
+    augment_generator,
+    build_decoded_cache,
+    collate_decoded,
+    default_decode_size,
+    make_two_view_batch,
+)
+from artstyle.gpu_augment import GPUTwoViewAugment
+from artstyle.training.data import EpochSeededSampler, SeededItems
+from artstyle.transforms import build_ssl_transform
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_common_arguments, autocast_context, check_common_arguments, setup, synchronize  # noqa: E402
+
+PATHS = ("cpu", "gpu")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_common_arguments(parser, batch_help="Images per batch (per view).")
+    parser.add_argument("--paths", default="cpu,gpu", help="Comma-separated subset of cpu,gpu.")
+    parser.add_argument("--augmentation", default="moco_v3", choices=["moco_v3", "style_preserving"])
+    parser.add_argument("--num_workers", type=int, default=2, help="DataLoader worker processes.")
+    parser.add_argument("--num_images", type=int, default=512, help="Synthetic source images.")
+    parser.add_argument("--source_image_size", type=int, default=160, help="Side of the synthetic JPEG images.")
+    parser.add_argument("--decode_size", type=int, default=None, help="gpu path: decoded side (default 2x image).")
+    parser.add_argument("--cache", action="store_true", help="gpu path: serve a decoded uint8 cache (no decoding).")
+    parser.add_argument("--batches", type=int, default=20, help="Measured batches of the data path alone.")
+    parser.add_argument("--train_steps", type=int, default=20, help="Measured training steps per path.")
+    args = parser.parse_args(argv)
+    check_common_arguments(parser, args, min_batch=2)
+    args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    if not args.paths or any(p not in PATHS for p in args.paths):
+        parser.error(f"--paths must be a comma-separated subset of cpu,gpu, got {args.paths}")
+    for name in ("num_workers", "batches", "train_steps"):
+        if getattr(args, name) < (0 if name == "num_workers" else 1):
+            parser.error(f"--{name} must be >= {0 if name == 'num_workers' else 1}, got {getattr(args, name)}")
+    if args.num_images < args.batch_size:
+        parser.error(f"--num_images ({args.num_images}) must be >= --batch_size ({args.batch_size})")
+    return args
+
+
+def write_images(folder: Path, count: int, size: int, seed: int) -> list[str]:
+    """``count`` JPEG files: smooth random colour fields plus noise (decoding cost like real paintings)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    paths = []
+    for index in range(count):
+        a = rng.uniform(-4, 4, (3, 3))
+        field = np.stack([np.sin(a[c, 0] * xx * 3 + a[c, 1] * yy * 3 + a[c, 2]) for c in range(3)], -1)
+        array = np.clip(128 + 90 * field + rng.normal(0, 12, field.shape), 0, 255).astype(np.uint8)
+        path = folder / f"{index:05d}.jpg"
+        Image.fromarray(array).save(path, quality=90)
+        paths.append(str(path))
+    return paths
+
+
+def build_split(paths: list[str]):
+    import datasets
+
+    return datasets.Dataset.from_dict({"image": paths}).cast_column("image", datasets.Image())
+
+
+def make_loader(dataset, collate_fn, args) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, sampler=EpochSeededSampler(len(dataset), seed=args.seed),
+        drop_last=True, num_workers=args.num_workers, collate_fn=collate_fn, pin_memory=args.device == "cuda",
+        persistent_workers=args.num_workers > 0, generator=torch.Generator().manual_seed(args.seed))
+
+
+class Batches:
+    """Endless two-view batches on the device from one path; ``wait`` sums the host time spent getting them."""
+
+    def __init__(self, path: str, split, config: ArtStyleConfig, args, cache_dir: Path):
+        self.path, self.args, self.device = path, args, torch.device(args.device)
+        self.epoch, self.index, self.wait = 0, 0, 0.0
+        if path == "cpu":
+            transform = build_ssl_transform(args.augmentation, config.image_size, config.image_mean, config.image_std)
+            dataset = SeededItems(StyleImageDataset(split, transform, label_column=None), seed=args.seed)
+            self.loader, self.augment = make_loader(dataset, collate_skip_bad, args), None
+        else:
+            decoded = DecodedImages(split, args.decode_size or default_decode_size(config.image_size))
+            source = CachedDecodedImages(build_decoded_cache(decoded, cache_dir, args.num_workers)) if args.cache \
+                else decoded
+            self.loader = make_loader(source, collate_decoded, args)
+            self.augment = GPUTwoViewAugment(args.augmentation, config.image_size, config.image_mean,
+                                             config.image_std)
+        self.iterator = iter(self.loader)
+
+    def next(self) -> dict:
+        start = time.perf_counter()
+        while True:
+            try:
+                batch = next(self.iterator)
+                break
+            except StopIteration:
+                self.epoch += 1
+                self.index = 0
+                self.loader.sampler.set_epoch(self.epoch)
+                self.iterator = iter(self.loader)
+        self.index += 1
+        if self.augment is None:
+            batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()
+                     if key in ("pixel_values", "pixel_values_2")}
+        else:
+            batch = make_two_view_batch(batch, self.augment, augment_generator(self.args.seed, self.epoch, self.index),
+                                        self.device)
+        self.wait += time.perf_counter() - start
+        return batch
+
+
+def data_alone(batches: Batches, args) -> float:
+    """Images/s of the data path alone (views on the device, synchronised at the end)."""
+    for _ in range(max(args.warmup, 1)):
+        batches.next()
+    synchronize(args.device)
+    start = time.perf_counter()
+    for _ in range(args.batches):
+        batch = batches.next()
+    synchronize(args.device)
+    if batch["pixel_values"].shape[0] != args.batch_size:
+        raise RuntimeError(f"got a batch of {batch['pixel_values'].shape[0]} images, expected {args.batch_size}")
+    return args.batches * args.batch_size / (time.perf_counter() - start)
+
+
+def training_loop(batches: Batches, config: ArtStyleConfig, args) -> tuple[float, float]:
+    """(steps/s, data-wait fraction) of a pretraining loop fed by ``batches``."""
+    model = ArtStyleForPretraining(config).to(args.device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+
+    def step() -> None:
+        batch = batches.next()
+        with autocast_context(args.device, args.precision):
+            loss = model(pixel_values=batch["pixel_values"], pixel_values_2=batch["pixel_values_2"],
+                         momentum=0.99).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss).item():  # the loss check of run_pretrain.py: one sync per step
+            raise FloatingPointError("non-finite loss in the benchmark loop")
+
+    for _ in range(max(args.warmup, 1)):
+        step()
+    synchronize(args.device)
+    batches.wait = 0.0
+    start = time.perf_counter()
+    for _ in range(args.train_steps):
+        step()
+    synchronize(args.device)
+    elapsed = time.perf_counter() - start
+    return args.train_steps / elapsed, batches.wait / elapsed
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    setup(args)
+    config = ArtStyleConfig.from_preset(args.config_preset,
+                                        **({} if args.image_size is None else {"image_size": args.image_size}))
+    print(f"# artstyle data-path benchmark | preset={args.config_preset} image_size={config.image_size} "
+          f"batch={args.batch_size} device={args.device} precision={args.precision} workers={args.num_workers} "
+          f"augmentation={args.augmentation} source={args.num_images} x {args.source_image_size} px JPEG "
+          f"cache={args.cache} torch={torch.__version__} threads={torch.get_num_threads()}", flush=True)
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        split = build_split(write_images(Path(folder), args.num_images, args.source_image_size, args.seed))
+        for path in args.paths:
+            images_per_s = data_alone(Batches(path, split, config, args, Path(folder) / "cache"), args)
+            steps_per_s, wait = training_loop(Batches(path, split, config, args, Path(folder) / "cache"), config, args)
+            results[path] = {"images_per_s": images_per_s, "steps_per_s": steps_per_s, "data_wait_fraction": wait}
+            print(f"{path:<4} data alone {images_per_s:9.1f} images/s | training loop {steps_per_s:7.2f} steps/s "
+                  f"({steps_per_s * args.batch_size:8.1f} images/s), waiting for data {100 * wait:5.1f} % of the time",
+                  flush=True)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"args": vars(args), "results": results}, handle, indent=2)
+
+    def field(path: str, key: str, digits: int) -> str:
+        return f"{results[path][key]:.{digits}f}" if path in results else "nan"
+
+    print(f"cpu_images_per_s={field('cpu', 'images_per_s', 1)} "
+          f"gpu_images_per_s={field('gpu', 'images_per_s', 1)} "
+          f"cpu_steps_per_s={field('cpu', 'steps_per_s', 3)} gpu_steps_per_s={field('gpu', 'steps_per_s', 3)} "
+          f"cpu_data_wait={field('cpu', 'data_wait_fraction', 3)} gpu_data_wait={field('gpu', 'data_wait_fraction', 3)}",
+          flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
