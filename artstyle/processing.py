@@ -24,9 +24,9 @@ def build_image_processor(config: ArtStyleConfig, backend: str = "torchvision"):
     """A ViT image processor resizing to ``config.image_size`` and normalising with ``config.image_mean/std``.
 
     ``backend="torchvision"`` (default): ``ViTImageProcessor`` (fast, batched, any device);
-    ``"pil"``: ``ViTImageProcessorPil``. Saved next to the weights (``build_image_processor(model.config).save_pretrained(folder)``)
-    so that ``AutoImageProcessor`` and ``pipeline("image-classification" | "image-feature-extraction", model=folder)``
-    work.
+    ``"pil"``: ``ViTImageProcessorPil``. Saved next to the weights
+    (``build_image_processor(model.config).save_pretrained(folder)``) so that ``AutoImageProcessor`` and
+    ``pipeline("image-classification" | "image-feature-extraction", model=folder)`` work.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 
 import torch
 
@@ -22,6 +23,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, batch_help: str) -> No
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU; default: torch's).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="Also write the results to this JSON file.")
+    parser.add_argument("--config_overrides", default=None,
+                        help='JSON object of ArtStyleConfig overrides, e.g. \'{"backbone_depth": 2}\'.')
 
 
 def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, min_batch: int = 1) -> None:
@@ -34,6 +37,21 @@ def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Names
         parser.error(f"--image_size must be >= 1, got {args.image_size}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda given but torch.cuda.is_available() is False")
+    if args.config_overrides is not None:
+        try:
+            overrides = json.loads(args.config_overrides)
+        except json.JSONDecodeError as error:
+            parser.error(f"--config_overrides is not valid JSON: {error}")
+        if not isinstance(overrides, dict):
+            parser.error("--config_overrides must be a JSON object")
+
+
+def config_overrides(args: argparse.Namespace) -> dict:
+    """``--image_size`` and ``--config_overrides`` as keyword arguments of ``ArtStyleConfig.from_preset``."""
+    overrides = {} if args.image_size is None else {"image_size": args.image_size}
+    if args.config_overrides:
+        overrides.update(json.loads(args.config_overrides))
+    return overrides
 
 
 def setup(args: argparse.Namespace) -> None:

@@ -51,7 +51,14 @@ from artstyle.training.data import EpochSeededSampler, SeededItems
 from artstyle.transforms import build_ssl_transform
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_common_arguments, autocast_context, check_common_arguments, setup, synchronize  # noqa: E402
+from _common import (  # noqa: E402
+    add_common_arguments,
+    autocast_context,
+    check_common_arguments,
+    config_overrides,
+    setup,
+    synchronize,
+)
 
 PATHS = ("cpu", "gpu")
 
@@ -196,8 +203,7 @@ def training_loop(batches: Batches, config: ArtStyleConfig, args) -> tuple[float
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     setup(args)
-    config = ArtStyleConfig.from_preset(args.config_preset,
-                                        **({} if args.image_size is None else {"image_size": args.image_size}))
+    config = ArtStyleConfig.from_preset(args.config_preset, **config_overrides(args))
     print(f"# artstyle data-path benchmark | preset={args.config_preset} image_size={config.image_size} "
           f"batch={args.batch_size} device={args.device} precision={args.precision} workers={args.num_workers} "
           f"augmentation={args.augmentation} source={args.num_images} x {args.source_image_size} px JPEG "
@@ -221,8 +227,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     print(f"cpu_images_per_s={field('cpu', 'images_per_s', 1)} "
           f"gpu_images_per_s={field('gpu', 'images_per_s', 1)} "
-          f"cpu_steps_per_s={field('cpu', 'steps_per_s', 3)} gpu_steps_per_s={field('gpu', 'steps_per_s', 3)} "
-          f"cpu_data_wait={field('cpu', 'data_wait_fraction', 3)} gpu_data_wait={field('gpu', 'data_wait_fraction', 3)}",
+          f"cpu_steps_per_s={field('cpu', 'steps_per_s', 3)} "
+          f"gpu_steps_per_s={field('gpu', 'steps_per_s', 3)} "
+          f"cpu_data_wait={field('cpu', 'data_wait_fraction', 3)} "
+          f"gpu_data_wait={field('gpu', 'data_wait_fraction', 3)}",
           flush=True)
     return results
 

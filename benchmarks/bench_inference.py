@@ -4,10 +4,18 @@
    ``artstyle.modeling_artstyle.build_backbone(config)`` with a linear classifier of the same width
    (``reset_classifier(num_labels)``), on the same input tensor, eval mode, ``torch.no_grad()``, measurements
    interleaved, median of ``--steps`` after ``--warmup``.
-2. End to end: a randomly initialised classifier and ``build_image_processor(config)`` are saved to a temporary
-   folder, loaded by ``transformers.pipeline("image-classification", model=folder)`` and fed batches of
-   ``--pipeline_batch_size`` random PIL images (``--pipeline_image_size`` px, decoded RGB); images/s = batch size /
-   median seconds per batch. The pipeline runs in fp32: ``--precision`` applies to the model-forward comparison.
+2. End to end: a randomly initialised classifier and ``build_image_processor(config)`` (the fast, torchvision-based
+   ``ViTImageProcessor``) are saved to a temporary folder, loaded by
+   ``transformers.pipeline("image-classification", model=folder, dtype=--pipeline_dtype)`` and fed
+   ``--pipeline_images`` random PIL images (``--pipeline_image_size`` px, decoded RGB; default: one batch) in batches
+   of ``--pipeline_batch_size``, preprocessed by ``--pipeline_workers`` DataLoader workers (the pipeline's
+   ``num_workers``; 0 = in the main process); images/s = images / median seconds per call over
+   ``--pipeline_batches`` calls. ``--precision`` applies to the model-forward comparison only.
+3. ``--predict_images N``: the same folder through ``artstyle-predict`` (``artstyle.cli.predict_main`` called in this
+   process: image listing, decoding, pipeline, JSON output) on a folder of N JPEG files; images/s = N / wall time
+   of the call, model loading included.
+
+Images/s of the bare model (``timm`` row, ``--batch_size`` per forward) are printed next to the pipeline's.
 
 The last line of the output is exactly ``inference_ratio=<artstyle/timm> pipeline_images_per_s=<images/s>``.
 """
@@ -30,7 +38,14 @@ from artstyle import ArtStyleConfig, ArtStyleForImageClassification, build_image
 from artstyle.modeling_artstyle import build_backbone
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_common_arguments, autocast_context, check_common_arguments, setup, synchronize  # noqa: E402
+from _common import (  # noqa: E402
+    add_common_arguments,
+    autocast_context,
+    check_common_arguments,
+    config_overrides,
+    setup,
+    synchronize,
+)
 
 TARGET_RATIO = 1.10
 
@@ -45,17 +60,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pipeline_batch_size", type=int, default=32)
     parser.add_argument("--pipeline_batches", type=int, default=5, help="Measured pipeline batches (median).")
     parser.add_argument("--pipeline_image_size", type=int, default=160, help="Side of the random PIL images.")
+    parser.add_argument("--pipeline_images", type=int, default=None,
+                        help="Images per pipeline call (default: --pipeline_batch_size).")
+    parser.add_argument("--pipeline_workers", type=int, default=0, help="The pipeline's num_workers.")
+    parser.add_argument("--pipeline_dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="dtype the pipeline loads the model in.")
+    parser.add_argument("--predict_images", type=int, default=0,
+                        help="Also time artstyle-predict on a folder of this many JPEG images (0: skip).")
     args = parser.parse_args(argv)
     check_common_arguments(parser, args)
     if args.pipeline_batches < 1 or args.pipeline_batch_size < 1:
         parser.error("--pipeline_batches and --pipeline_batch_size must be >= 1")
+    if args.pipeline_images is not None and args.pipeline_images < 1:
+        parser.error(f"--pipeline_images must be >= 1, got {args.pipeline_images}")
+    if args.pipeline_workers < 0 or args.predict_images < 0:
+        parser.error("--pipeline_workers and --predict_images must be >= 0")
     return args
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def build_config(args: argparse.Namespace) -> ArtStyleConfig:
-    overrides = {"num_labels": args.num_labels}
-    if args.image_size is not None:
-        overrides["image_size"] = args.image_size
+    overrides = {"num_labels": args.num_labels, **config_overrides(args)}
     if args.pooler is not None:
         overrides["pooler"] = args.pooler
     return ArtStyleConfig.from_preset(args.config_preset, **overrides)
@@ -82,27 +109,46 @@ def random_images(count: int, size: int, seed: int) -> list[Image.Image]:
     return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), mode="RGB") for _ in range(count)]
 
 
-def pipeline_throughput(config: ArtStyleConfig, args: argparse.Namespace) -> tuple[float, list[float]]:
+def pipeline_throughput(folder: str, args: argparse.Namespace) -> tuple[float, list[float]]:
     from transformers import pipeline
 
-    with tempfile.TemporaryDirectory() as folder:
-        model = ArtStyleForImageClassification(config)
-        model.save_pretrained(folder)
-        build_image_processor(config).save_pretrained(folder)
-        classifier = pipeline("image-classification", model=folder, device=args.device)
-        images = random_images(args.pipeline_batch_size, args.pipeline_image_size, args.seed)
-        batch = args.pipeline_batch_size
-        classifier(images, batch_size=batch)  # warm-up
-        seconds = []
-        for _ in range(args.pipeline_batches):
-            synchronize(args.device)
-            start = time.perf_counter()
-            predictions = classifier(images, batch_size=batch)
-            synchronize(args.device)
-            seconds.append(time.perf_counter() - start)
-        if len(predictions) != len(images):
-            raise RuntimeError(f"pipeline returned {len(predictions)} predictions for {len(images)} images")
-    return batch / statistics.median(seconds), seconds
+    classifier = pipeline("image-classification", model=folder, device=args.device, dtype=DTYPES[args.pipeline_dtype])
+    images = random_images(args.pipeline_images or args.pipeline_batch_size, args.pipeline_image_size, args.seed)
+    options = {"batch_size": args.pipeline_batch_size, "num_workers": args.pipeline_workers}
+    classifier(images[: args.pipeline_batch_size], **options)  # warm-up
+    seconds = []
+    for _ in range(args.pipeline_batches):
+        synchronize(args.device)
+        start = time.perf_counter()
+        predictions = classifier(images, **options)
+        synchronize(args.device)
+        seconds.append(time.perf_counter() - start)
+    if len(predictions) != len(images):
+        raise RuntimeError(f"pipeline returned {len(predictions)} predictions for {len(images)} images")
+    return len(images) / statistics.median(seconds), seconds
+
+
+def predict_throughput(folder: str, args: argparse.Namespace) -> float:
+    """Images/s of ``artstyle-predict <folder of JPEGs> --json`` (in process, model loading included)."""
+    import contextlib
+    import io
+
+    from artstyle.cli import predict_main
+
+    with tempfile.TemporaryDirectory() as images_folder:
+        for index, image in enumerate(random_images(args.predict_images, args.pipeline_image_size, args.seed + 1)):
+            image.save(Path(images_folder) / f"{index:05d}.jpg", quality=90)
+        argv = [images_folder, "--model", folder, "--batch_size", str(args.pipeline_batch_size), "--json",
+                "--device", args.device]
+        output = io.StringIO()
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(output):
+            code = predict_main(argv)
+        seconds = time.perf_counter() - start
+    results = json.loads(output.getvalue())["results"]
+    if code != 0 or len(results) != args.predict_images:
+        raise RuntimeError(f"artstyle-predict exited {code} with {len(results)} of {args.predict_images} results")
+    return args.predict_images / seconds
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -132,16 +178,31 @@ def main(argv: list[str] | None = None) -> dict:
     ratio = medians["artstyle"] / medians["timm"]
     print(f"# target inference_ratio <= {TARGET_RATIO:.2f}: {ratio:.3f} {'ok' if ratio <= TARGET_RATIO else 'MISSED'}")
 
-    images_per_s, seconds = pipeline_throughput(config, args)
-    print(f"pipeline  {args.pipeline_batch_size} PIL images ({args.pipeline_image_size} px) per call: median "
-          f"{statistics.median(seconds):.4f} s over {len(seconds)} calls (preprocessing + model + postprocessing)")
+    predict_images_per_s = None
+    with tempfile.TemporaryDirectory() as folder:
+        ArtStyleForImageClassification(config).save_pretrained(folder)
+        build_image_processor(config).save_pretrained(folder)
+        images_per_s, seconds = pipeline_throughput(folder, args)
+        count = args.pipeline_images or args.pipeline_batch_size
+        print(f"pipeline  {count} PIL images ({args.pipeline_image_size} px) per call, batch "
+              f"{args.pipeline_batch_size}, {args.pipeline_workers} workers, {args.pipeline_dtype}: "
+              f"median {statistics.median(seconds):.4f} s over {len(seconds)} calls = {images_per_s:.1f} images/s "
+              f"(bare model: {args.batch_size / medians['timm']:.1f} images/s at --precision {args.precision})")
+        if args.predict_images:
+            predict_images_per_s = predict_throughput(folder, args)
+            print(f"artstyle-predict  folder of {args.predict_images} JPEG images ({args.pipeline_image_size} px), "
+                  f"batch {args.pipeline_batch_size}: {predict_images_per_s:.1f} images/s (model loading included)")
     print("# noise: shared machine; the two forwards are interleaved, compare the ratio rather than absolute times")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"args": vars(args), "times_s": times, "medians_s": medians, "inference_ratio": ratio,
-                       "pipeline_seconds": seconds, "pipeline_images_per_s": images_per_s}, handle, indent=2)
+                       "model_images_per_s": args.batch_size / medians["timm"],
+                       "artstyle_images_per_s": args.batch_size / medians["artstyle"],
+                       "pipeline_seconds": seconds, "pipeline_images_per_s": images_per_s,
+                       "predict_images_per_s": predict_images_per_s}, handle, indent=2)
     print(f"inference_ratio={ratio:.3f} pipeline_images_per_s={images_per_s:.1f}", flush=True)
-    return {"inference_ratio": ratio, "pipeline_images_per_s": images_per_s}
+    return {"inference_ratio": ratio, "pipeline_images_per_s": images_per_s,
+            "predict_images_per_s": predict_images_per_s}
 
 
 if __name__ == "__main__":

@@ -52,7 +52,14 @@ from artstyle.configuration_artstyle import COMPONENTS
 from artstyle.modeling_artstyle import build_backbone
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_common_arguments, autocast_context, check_common_arguments, setup, synchronize  # noqa: E402
+from _common import (  # noqa: E402
+    add_common_arguments,
+    autocast_context,
+    check_common_arguments,
+    config_overrides,
+    setup,
+    synchronize,
+)
 
 TARGETS = {"floor_ratio": 1.10, "full_ratio": 1.25, "memory_ratio": 1.30}
 MOMENTUM = 0.99
@@ -75,27 +82,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="torch.compile mode for --compile.")
     parser.add_argument("--peak_tflops", type=float, default=None,
                         help="Device peak TFLOP/s at --precision: report the floor's fraction of it.")
-    parser.add_argument("--config_overrides", default=None,
-                        help='JSON object of ArtStyleConfig overrides, e.g. \'{"backbone_depth": 2}\'.')
     args = parser.parse_args(argv)
     check_common_arguments(parser, args, min_batch=2)  # 2: BatchNorm in the heads
     if args.peak_tflops is not None and args.peak_tflops <= 0:
         parser.error(f"--peak_tflops must be > 0, got {args.peak_tflops}")
-    if args.config_overrides is not None:
-        try:
-            overrides = json.loads(args.config_overrides)
-        except json.JSONDecodeError as error:
-            parser.error(f"--config_overrides is not valid JSON: {error}")
-        if not isinstance(overrides, dict):
-            parser.error("--config_overrides must be a JSON object")
     return args
 
 
 def build_config(args: argparse.Namespace) -> ArtStyleConfig:
-    overrides = {} if args.image_size is None else {"image_size": args.image_size}
-    if args.config_overrides:
-        overrides.update(json.loads(args.config_overrides))
-    return ArtStyleConfig.from_preset(args.config_preset, **overrides)
+    return ArtStyleConfig.from_preset(args.config_preset, **config_overrides(args))
 
 
 def component_configs(config: ArtStyleConfig) -> dict[str, ArtStyleConfig]:

@@ -1,0 +1,87 @@
+"""The ONE summary JSON of ``gpu_check.sh``: ``python benchmarks/gpu_check_summary.py LOG_DIR``.
+
+Reads ``bench_data.json``, ``bench_pretrain_step.json`` and ``bench_inference.json`` from ``LOG_DIR`` and writes
+``LOG_DIR/gpu_check.json`` with the keys of issue 11 (``device``, ``tiny_steps_per_s``, ``tiny_data_wait_fraction``,
+``floor_ratio``, ``full_ratio``, ``compile_speedup``, ``floor_peak_fraction``, ``pipeline_images_per_s``,
+``predict_images_per_s``) plus details. ``floor_ratio``/``full_ratio`` are the compiled mode's (``ratio_mode``), the
+eager ones are kept as ``*_eager``. A part that did not run leaves its keys ``null``, listed under ``missing``; the exit
+status is 1 then.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+REQUIRED = ("device", "tiny_steps_per_s", "tiny_data_wait_fraction", "floor_ratio", "full_ratio", "compile_speedup",
+            "floor_peak_fraction", "pipeline_images_per_s", "predict_images_per_s")
+
+
+def _load(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def summarise(log_dir: str | Path, device: str | None = None) -> dict:
+    log_dir = Path(log_dir)
+    data = _load(log_dir / "bench_data.json")
+    step = _load(log_dir / "bench_pretrain_step.json")
+    inference = _load(log_dir / "bench_inference.json")
+    gpu_path, cpu_path = data.get("results", {}).get("gpu", {}), data.get("results", {}).get("cpu", {})
+    compiled, eager = step.get("compiled_ratios", {}), step.get("ratios", {})
+    if device is None:
+        import torch
+
+        device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    summary = {
+        "device": device,
+        "tiny_steps_per_s": gpu_path.get("steps_per_s"),
+        "tiny_data_wait_fraction": gpu_path.get("data_wait_fraction"),
+        "floor_ratio": compiled.get("floor_ratio"),
+        "full_ratio": compiled.get("full_ratio"),
+        "compile_speedup": step.get("compile_speedup"),
+        "floor_peak_fraction": step.get("floor_peak_fraction"),
+        "pipeline_images_per_s": inference.get("pipeline_images_per_s"),
+        "predict_images_per_s": inference.get("predict_images_per_s"),
+        "ratio_mode": "compiled",
+        "floor_ratio_eager": eager.get("floor_ratio"),
+        "full_ratio_eager": eager.get("full_ratio"),
+        "memory_ratio_eager": eager.get("memory_ratio"),
+        "compile_speedup_paired": step.get("compile_speedup_paired"),
+        "compile_seconds": step.get("compile_seconds"),
+        "floor_tflops": step.get("floor_tflops"),
+        "peak_tflops": step.get("args", {}).get("peak_tflops"),
+        "step_median_s": {name: result.get("median_s") for name, result in step.get("results", {}).items()},
+        "tiny_gpu_path_images_per_s": gpu_path.get("images_per_s"),
+        "tiny_cpu_path_images_per_s": cpu_path.get("images_per_s"),
+        "tiny_cpu_path_steps_per_s": cpu_path.get("steps_per_s"),
+        "tiny_cpu_path_data_wait_fraction": cpu_path.get("data_wait_fraction"),
+        "model_images_per_s": inference.get("model_images_per_s"),
+        "inference_ratio": inference.get("inference_ratio"),
+    }
+    summary["missing"] = [key for key in REQUIRED if summary[key] is None]
+    return summary
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python benchmarks/gpu_check_summary.py LOG_DIR", file=sys.stderr)
+        return 2
+    summary = summarise(argv[0])
+    versions = {}
+    for name in ("torch", "torchvision", "transformers", "timm", "kornia"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            versions[name] = None
+    summary["versions"] = versions
+    (Path(argv[0]) / "gpu_check.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    return 1 if summary["missing"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
