@@ -14,8 +14,10 @@ persistent workers):
 For each path: (1) *alone*: images/s of ``--batches`` batches delivered as the two normalised views on the device;
 (2) *in a training loop*: ``ArtStyleForPretraining(config)`` forward/backward/AdamW on those batches for
 ``--train_steps`` steps (after ``--warmup``): steps/s and the fraction of the wall time spent waiting for data (the
-host blocked in ``next(loader)`` plus, for the gpu path, launching the augmentation; each step ends with a device
-synchronisation, as the loss check of ``run_pretrain.py`` does).
+host blocked in ``next(loader)``: the workers did not keep up), and separately, for the gpu path, the fraction spent
+on the host in the augmentation call (the copy of the uint8 batch, parameter sampling and kernel launches; the
+augmentation kernels themselves run on the device as part of the step). Each step ends with a device
+synchronisation, as the loss check of ``run_pretrain.py`` does.
 
 The last line of the output is exactly ``cpu_images_per_s=<x> gpu_images_per_s=<x> cpu_steps_per_s=<x>
 gpu_steps_per_s=<x> cpu_data_wait=<f> gpu_data_wait=<f>`` (one line)
@@ -118,11 +120,12 @@ def make_loader(dataset, collate_fn, args) -> torch.utils.data.DataLoader:
 
 
 class Batches:
-    """Endless two-view batches on the device from one path; ``wait`` sums the host time spent getting them."""
+    """Endless two-view batches on the device from one path; ``wait`` sums the host time blocked on the loader,
+    ``augment_time`` the host time of the copy to the device + GPU augmentation call."""
 
     def __init__(self, path: str, split, config: ArtStyleConfig, args, cache_dir: Path):
         self.path, self.args, self.device = path, args, torch.device(args.device)
-        self.epoch, self.index, self.wait = 0, 0, 0.0
+        self.epoch, self.index, self.wait, self.augment_time = 0, 0, 0.0, 0.0
         if path == "cpu":
             transform = build_ssl_transform(args.augmentation, config.image_size, config.image_mean, config.image_std)
             dataset = SeededItems(StyleImageDataset(split, transform, label_column=None), seed=args.seed)
@@ -148,13 +151,15 @@ class Batches:
                 self.loader.sampler.set_epoch(self.epoch)
                 self.iterator = iter(self.loader)
         self.index += 1
+        loaded = time.perf_counter()
+        self.wait += loaded - start
         if self.augment is None:
             batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()
                      if key in ("pixel_values", "pixel_values_2")}
         else:
             batch = make_two_view_batch(batch, self.augment, augment_generator(self.args.seed, self.epoch, self.index),
                                         self.device)
-        self.wait += time.perf_counter() - start
+        self.augment_time += time.perf_counter() - loaded
         return batch
 
 
@@ -172,8 +177,8 @@ def data_alone(batches: Batches, args) -> float:
     return args.batches * args.batch_size / (time.perf_counter() - start)
 
 
-def training_loop(batches: Batches, config: ArtStyleConfig, args) -> tuple[float, float]:
-    """(steps/s, data-wait fraction) of a pretraining loop fed by ``batches``."""
+def training_loop(batches: Batches, config: ArtStyleConfig, args) -> tuple[float, float, float]:
+    """(steps/s, data-wait fraction, augmentation-call fraction) of a pretraining loop fed by ``batches``."""
     model = ArtStyleForPretraining(config).to(args.device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
 
@@ -191,13 +196,13 @@ def training_loop(batches: Batches, config: ArtStyleConfig, args) -> tuple[float
     for _ in range(max(args.warmup, 1)):
         step()
     synchronize(args.device)
-    batches.wait = 0.0
+    batches.wait = batches.augment_time = 0.0
     start = time.perf_counter()
     for _ in range(args.train_steps):
         step()
     synchronize(args.device)
     elapsed = time.perf_counter() - start
-    return args.train_steps / elapsed, batches.wait / elapsed
+    return args.train_steps / elapsed, batches.wait / elapsed, batches.augment_time / elapsed
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -213,11 +218,13 @@ def main(argv: list[str] | None = None) -> dict:
         split = build_split(write_images(Path(folder), args.num_images, args.source_image_size, args.seed))
         for path in args.paths:
             images_per_s = data_alone(Batches(path, split, config, args, Path(folder) / "cache"), args)
-            steps_per_s, wait = training_loop(Batches(path, split, config, args, Path(folder) / "cache"), config, args)
-            results[path] = {"images_per_s": images_per_s, "steps_per_s": steps_per_s, "data_wait_fraction": wait}
+            batches = Batches(path, split, config, args, Path(folder) / "cache")
+            steps_per_s, wait, augment = training_loop(batches, config, args)
+            results[path] = {"images_per_s": images_per_s, "steps_per_s": steps_per_s, "data_wait_fraction": wait,
+                             "augment_call_fraction": augment}
             print(f"{path:<4} data alone {images_per_s:9.1f} images/s | training loop {steps_per_s:7.2f} steps/s "
-                  f"({steps_per_s * args.batch_size:8.1f} images/s), waiting for data {100 * wait:5.1f} % of the time",
-                  flush=True)
+                  f"({steps_per_s * args.batch_size:8.1f} images/s), waiting for data {100 * wait:5.1f} % of the time, "
+                  f"copy{' + augmentation call' if path == 'gpu' else ''} {100 * augment:5.1f} %", flush=True)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"args": vars(args), "results": results}, handle, indent=2)

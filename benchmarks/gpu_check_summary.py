@@ -55,6 +55,7 @@ def summarise(log_dir: str | Path, device: str | None = None) -> dict:
         "floor_tflops": step.get("floor_tflops"),
         "peak_tflops": step.get("args", {}).get("peak_tflops"),
         "step_median_s": {name: result.get("median_s") for name, result in step.get("results", {}).items()},
+        "tiny_augment_call_fraction": gpu_path.get("augment_call_fraction"),
         "tiny_gpu_path_images_per_s": gpu_path.get("images_per_s"),
         "tiny_cpu_path_images_per_s": cpu_path.get("images_per_s"),
         "tiny_cpu_path_steps_per_s": cpu_path.get("steps_per_s"),
