@@ -82,6 +82,12 @@ def _hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 _JITTER_OPS = (_brightness, _contrast, _saturation, _hue)  # torchvision's fn_idx numbering
 
 
+def _to(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A small parameter tensor from the CPU to ``device`` without waiting for the device's queued work
+    (``non_blocking`` from pageable memory is staged by the driver at once; a blocking copy would synchronise)."""
+    return tensor.to(device=device, dtype=dtype, non_blocking=True)
+
+
 class GPUTwoViewAugment:
     """Two augmented views of a uint8 batch, per-sample parameters, on the batch's device.
 
@@ -173,25 +179,25 @@ class GPUTwoViewAugment:
         count = pixels.shape[0]
         top, left, h, w = params["crops"].unbind(1)
         boxes = torch.stack([torch.arange(count, dtype=torch.float64), left, top, left + w, top + h], dim=1)
-        x = roi_align(pixels, boxes.to(device=device, dtype=pixels.dtype), output_size=self.size,
+        x = roi_align(pixels, _to(boxes, device, pixels.dtype), output_size=self.size,
                       spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-        x = torch.where(params["flip"].to(device).view(-1, 1, 1, 1), x.flip(-1), x)
+        x = torch.where(_to(params["flip"], device).view(-1, 1, 1, 1), x.flip(-1), x)
         if view["jitter_p"] > 0:
             x = self._jitter(x, params)
         if view["grayscale_p"] > 0:
-            x = torch.where(params["gray"].to(device).view(-1, 1, 1, 1), _grayscale(x).expand_as(x), x)
+            x = torch.where(_to(params["gray"], device).view(-1, 1, 1, 1), _grayscale(x).expand_as(x), x)
         if view["blur_p"] > 0 and params["blur"].any():
             index = params["blur"].nonzero()[:, 0]
-            sigma = params["sigma"][index].view(-1, 1).expand(-1, 2).to(device)
-            index = index.to(device)
+            sigma = _to(params["sigma"][index].view(-1, 1).expand(-1, 2).contiguous(), device)
+            index = _to(index, device)
             blurred = kornia.filters.gaussian_blur2d(x.index_select(0, index), self.kernel_size, sigma,
                                                      border_type="reflect")
             x = x.index_copy(0, index, blurred)
         if view["solarize_p"] > 0:
             threshold = view["solarize_threshold"] / 255.0
-            mask = params["solarize"].to(device).view(-1, 1, 1, 1) & (x >= threshold)
+            mask = _to(params["solarize"], device).view(-1, 1, 1, 1) & (x >= threshold)
             x = torch.where(mask, 1.0 - x, x)
-        return (x - self.mean.to(device)) / self.std.to(device)
+        return (x - _to(self.mean, device)) / _to(self.std, device)
 
     def _jitter(self, x: torch.Tensor, params: dict) -> torch.Tensor:
         """Colour jitter on the samples drawn for it, the four operations in each sample's own order."""
@@ -202,8 +208,8 @@ class GPUTwoViewAugment:
                 if not chosen.any():
                     continue
                 index = chosen.nonzero()[:, 0]
-                factor = params["jitter_factors"][index, op_index].to(device)
-                index = index.to(device)
+                factor = _to(params["jitter_factors"][index, op_index], device)
+                index = _to(index, device)
                 x = x.index_copy(0, index, op(x.index_select(0, index), factor))
         return x
 
