@@ -76,7 +76,7 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
 fi
 
 # --- 1. CUDA smoke test of pretraining (single process: no SyncBatchNorm)
-step pretrain_smoke 90 "$PY" run_pretrain.py --config_preset tiny --dataset demo \
+step pretrain_smoke 60 "$PY" run_pretrain.py --config_preset tiny --dataset demo \
   --dataset_options '{"num_images": 256}' --per_device_train_batch_size 32 --max_train_steps 6 \
   --mixed_precision bf16 --num_workers 4 --report_to none --logging_steps 1 \
   --output_dir "$LOG_DIR/pretrain_smoke" --overwrite_output_dir
@@ -93,7 +93,7 @@ EOF
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 # --- 2. data path: tiny preset, 64 px, batch 128 (GPU augmentation vs CPU augmentation in 8 workers)
-step bench_data 150 "$PY" benchmarks/bench_data.py --config_preset tiny --device cuda --precision bf16 \
+step bench_data 120 "$PY" benchmarks/bench_data.py --config_preset tiny --device cuda --precision bf16 \
   --batch_size 128 --num_workers 8 --num_images 2048 --source_image_size 160 --batches 30 --train_steps 60 \
   --warmup 5 --paths gpu,cpu --json "$LOG_DIR/bench_data.json"
 
@@ -103,7 +103,7 @@ step bench_pretrain_step 270 "$PY" benchmarks/bench_pretrain_step.py --config_pr
   --peak_tflops "${PEAK_TFLOPS:-989}" --json "$LOG_DIR/bench_pretrain_step.json"
 
 # --- 4. inference: classifier vs bare timm ViT, pipeline and artstyle-predict throughput
-step bench_inference 120 "$PY" benchmarks/bench_inference.py --config_preset vit_base --device cuda \
+step bench_inference 110 "$PY" benchmarks/bench_inference.py --config_preset vit_base --device cuda \
   --precision bf16 --batch_size 64 --steps 20 --warmup 5 --pipeline_images 2048 --pipeline_batch_size 128 \
   --pipeline_batches 2 --pipeline_workers 8 --pipeline_dtype bf16 --predict_images 2000 \
   --json "$LOG_DIR/bench_inference.json"
