@@ -28,6 +28,7 @@ setup(
         "tensorboard",
         "scikit-learn",
         "tqdm",
+        "requests",
     ],
     extras_require={"dev": ["pytest", "ruff"]},
     entry_points={
@@ -36,6 +37,7 @@ setup(
             "artstyle-finetune=run_finetune:cli",
             "artstyle-predict=artstyle.cli:predict_main",
             "artstyle-similar=artstyle.cli:similar_main",
+            "artstyle-download=artstyle.data.download:main",
         ]
     },
 )
