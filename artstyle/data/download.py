@@ -64,7 +64,7 @@ PART_SUFFIX = ".part"
 FLICKR_MISSING_IMAGE_SHA1 = "6a92790b1c2a301c6e7ddef645dca1f53ea97ac2"
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 USER_AGENT = "artstyle-download/0.1 (research dataset download; python-requests)"
-_CHUNK = 64 * 1024
+_CHUNK = 16 * 1024  # urllib3 reads a whole chunk before it returns: small enough to stream to disk
 
 # Outcome statuses of one image.
 OK, PRESENT = "ok", "present"
@@ -158,7 +158,7 @@ def flickr_items(data_dir: str | os.PathLike, metadata: str | os.PathLike | None
             label = raw
         else:
             raise ValueError(f"Flickr Style: {csv_path.name} line {n}: unknown label {raw!r}")
-        image_id = row[id_col].strip() if id_col else Path(file_name).stem
+        image_id = row[id_col].strip() if id_col is not None else Path(file_name).stem
         split = row[split_col].strip().lower() if split_col else "train"
         items.append(DownloadItem(id=image_id, url=url, file_name=file_name, split=split, classes=(label,)))
     return items
