@@ -175,7 +175,7 @@ BAD_KINDS = ["missing", "missing", "missing", "slow", "truncated", "html", "corr
 
 
 def test_download_reports_dead_and_invalid_urls_and_keeps_good_images(tmp_path):
-    data_dir, rows = _flickr_sample(tmp_path, 20, seed=0)
+    data_dir, rows = _flickr_sample(tmp_path, 20, seed=1)  # seed 1: 5 test rows in the real CSV's sample
     routes, good, bad = {}, {}, {}
     for k, row in enumerate(rows):
         kind = BAD_KINDS[k] if k < len(BAD_KINDS) else "image"
@@ -196,6 +196,10 @@ def test_download_reports_dead_and_invalid_urls_and_keeps_good_images(tmp_path):
         hits_first = dict(server.hits)
         again = download_images("flickr", data_dir, base_url=server.url, **FAST)
         hits_second = dict(server.hits)
+        damaged = sorted(good)[0]
+        (data_dir / "images" / damaged).write_bytes(good[damaged][:100])  # e.g. a file damaged after the fact
+        unchecked = download_images("flickr", data_dir, base_url=server.url, **FAST)
+        checked = download_images("flickr", data_dir, base_url=server.url, verify_existing=True, **FAST)
 
     image_dir = data_dir / "images"
     assert report.requested == 20 and report.downloaded == len(good) == 12 and report.already_present == 0
@@ -219,6 +223,10 @@ def test_download_reports_dead_and_invalid_urls_and_keeps_good_images(tmp_path):
         path = _path(row)
         delta = hits_second.get(path, 0) - hits_first.get(path, 0)
         assert delta == (0 if _name(row) in good else hits_first[path]), (path, delta)
+    # a damaged file is trusted by default (complete files are renamed atomically) and re-fetched when verified
+    assert unchecked.already_present == 12 and unchecked.downloaded == 0
+    assert checked.already_present == 11 and checked.downloaded == 1
+    _assert_intact(image_dir, good)
     # the builder reads what was downloaded; the failures are its missing images
     ds = load_style_dataset("flickr", data_dir=data_dir, cache_dir=tmp_path / "cache")
     assert sum(split.num_rows for split in ds.values()) == 12 and ds.num_missing_images == 8
