@@ -29,6 +29,7 @@ setup(
         "tensorboard",
         "scikit-learn",
         "tqdm",
+        "requests",
     ],
     extras_require={"dev": ["pytest", "ruff"]},
     entry_points={
@@ -37,6 +38,7 @@ setup(
             "artstyle-finetune=run_finetune:cli",
             "artstyle-predict=artstyle.cli:predict_main",
             "artstyle-similar=artstyle.cli:similar_main",
+            "artstyle-download=artstyle.data.download:main",
         ]
     },
 )

@@ -114,3 +114,32 @@ def test_plots_per_class_accuracy_and_files(tmp_path):
         plot_confusion_matrix(confusion, ["a", "b"], tmp_path / "x.png")
     with pytest.raises(ValueError, match="must be square"):
         plot_per_class_accuracy([[1, 2]], ["a"], tmp_path / "x.png")
+
+
+def test_multilabel_map_by_hand_with_an_all_zero_row(metrics):
+    """3 classes, 5 rows; row 4 has no positive (like 236 AVA style test images): a negative of every class.
+
+    class 0: positives rows 0, 2; ranking by score 0:.9 1:.8 2:.7 4:.6 3:.1 -> hits at ranks 1, 3 -> AP = (1 + 2/3)/2
+    class 1: positive row 1;     ranking 4:.9 1:.5 0:.4 ...                 -> hit at rank 2     -> AP = 1/2
+    class 2: positives 1, 3;     ranking 3:.8 4:.7 1:.6 ...                 -> hits at ranks 1, 3 -> AP = (1 + 2/3)/2
+    Dropping row 4 would give APs (1 + 2/3)/2, 1, 1: a different, not comparable, mean.
+    """
+    targets = [[1, 0, 0], [0, 1, 1], [1, 0, 0], [0, 0, 1], [0, 0, 0]]
+    scores = [[0.9, 0.4, 0.2], [0.8, 0.5, 0.6], [0.7, 0.1, 0.3], [0.1, 0.2, 0.8], [0.6, 0.9, 0.7]]
+    result = metrics[1].compute(predictions=scores, references=targets)
+    expected = [(1 + 2 / 3) / 2, 1 / 2, (1 + 2 / 3) / 2]
+    assert result["average_precision"] == pytest.approx(expected)
+    assert result["mean_average_precision"] == pytest.approx(np.mean(expected))  # 0.7222...
+    assert result["num_examples"] == 5
+    assert result["accuracy"] == pytest.approx(3 / 5)  # the all-zero row is never a top-1 hit
+    without = metrics[1].compute(predictions=scores[:4], references=targets[:4])
+    assert without["average_precision"] == pytest.approx([(1 + 2 / 3) / 2, 1.0, 1.0])
+
+
+def test_per_class_ap_is_none_for_a_class_without_positives(metrics):
+    labels = np.array([0, 1, 0, 1, 0, 1, 0, 1])
+    result = metrics[0].compute(predictions=SCORES, references=labels)
+    aps = result["average_precision"]
+    assert aps[2] is None and aps[3] is None
+    assert aps[:2] == pytest.approx([average_precision_score(labels == k, SCORES[:, k]) for k in (0, 1)])
+    assert result["mean_average_precision"] == pytest.approx(np.mean(aps[:2]))

@@ -11,7 +11,7 @@ from .demo import DEMO_STYLES, DemoStyle, DemoStyleConfig, render_demo_image
 from .flickr import FLICKR_STYLE_NAMES, FlickrStyle
 from .folders import ImageFolderStyle, Pandora18k
 from .images import BadImageError, SkipCounter, StyleImageDataset, collate_skip_bad, open_image_rgb
-from .loading import BUILDERS, build_dataset, load_hub_dataset, load_style_dataset
+from .loading import BUILDERS, build_dataset, load_hub_dataset, load_style_dataset, single_label_view
 
 __all__ = [
     "AVA_STYLE_NAMES",
@@ -35,5 +35,6 @@ __all__ = [
     "load_style_dataset",
     "open_image_rgb",
     "render_demo_image",
+    "single_label_view",
     "stratified_split",
 ]

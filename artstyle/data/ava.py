@@ -29,7 +29,7 @@ AVA_LAYOUT = """\
     style_image_lists/train.jpgl         one image id per line
     style_image_lists/train.lab          one 1-based style label per line (same order)
     style_image_lists/test.jpgl          one image id per line
-    style_image_lists/test.multilab      one line of 14 space-separated 0/1 per test image
+    style_image_lists/test.multilab      one line of 14 space-separated 0/1 per test image (all zeros allowed)
   or class-per-folder:
     train/<style>/*.jpg   [valid/<style>/*.jpg]   test/<style>/*.jpg"""
 
@@ -68,7 +68,10 @@ def _image_index(image_dir: Path) -> dict[str, str]:
 
 class AVAStyle(LocalImageBuilder):
     """AVA style: 14 photographic styles. Train is single-label; the official test split is
-    multi-label (``labels``: multi-hot over the 14 styles; ``label``: its first positive style).
+    multi-label and kept whole, as published (2,809 images): ``labels`` is the multi-hot evaluation
+    target over the 14 styles (all zeros for the 236 images without a positive style, negatives of every
+    class in the mean AP); ``label`` is the first positive style, or -1 where there is none (use
+    `single_label_view` for a single-label view, which drops and counts those rows).
     In every split ``labels`` exists (one-hot outside the official test split)."""
 
     DATASET_NAME = "ava_style"
@@ -139,22 +142,27 @@ class AVAStyle(LocalImageBuilder):
                     f"AVA style: test.multilab line {n}: expected {k} space-separated 0/1, got {row!r}"
                 )
             multi_hot = [int(v) for v in values]
-            if not any(multi_hot):
-                unlabeled += 1
-                continue
             path = index.get(Path(image_id).stem)
             if path is None:
                 missing_images.append(image_id)
                 continue
-            test.append(Example(path=path, label=multi_hot.index(1), labels=multi_hot))
+            # Kept as published: a row without a positive style is a negative of every class (label -1,
+            # the `datasets` ClassLabel value for "no label"; `labels` is the evaluation target).
+            unlabeled += not any(multi_hot)
+            test.append(Example(path=path, label=multi_hot.index(1) if any(multi_hot) else -1, labels=multi_hot))
         if missing_images:
             logger.warning(
                 "AVA style: %d listed image(s) not found in %s and left out (e.g. %s)",
                 len(missing_images), image_dir, ", ".join(missing_images[:5]),
             )
         if unlabeled:
-            logger.warning("AVA style: %d test image(s) with no positive style left out", unlabeled)
+            logger.info(
+                "AVA style: %d of %d test images have no positive style; kept (negatives of every class, label -1)",
+                unlabeled, len(test),
+            )
+        self.missing_images = missing_images
         self.num_missing_images = len(missing_images)
+        self.num_unlabeled_test_images = unlabeled
         splits = carve_validation({"train": train, "test": test}, self.config.validation_size, self.config.seed)
         return class_names, splits
 
@@ -164,5 +172,5 @@ class AVAStyle(LocalImageBuilder):
             raise ValueError(f"AVA style: no train/ folder in {str(data_dir)!r}. Expected layout:\n{AVA_LAYOUT}")
         class_names = sorted({c for folder in folders.values() for c in sub_folders(folder)})
         splits = {split: scan_class_folders(folder, class_names)[1] for split, folder in folders.items()}
-        self.num_missing_images = 0
+        self.missing_images, self.num_missing_images, self.num_unlabeled_test_images = [], 0, 0
         return class_names, carve_validation(splits, self.config.validation_size, self.config.seed)

@@ -40,7 +40,10 @@ def _find_csv(data_dir: Path) -> Path | None:
     for name in ("flickr_style.csv.gz", "flickr_style.csv", "flickr_df_mar2014.csv", "flickr_df_mar2014.csv.gz"):
         if (data_dir / name).is_file():
             return data_dir / name
-    candidates = sorted(p for p in data_dir.iterdir() if p.name.endswith((".csv", ".csv.gz")))
+    candidates = sorted(
+        p for p in data_dir.iterdir()
+        if p.name.endswith((".csv", ".csv.gz")) and not p.name.endswith("_download_report.csv")
+    )
     return candidates[0] if len(candidates) == 1 else None
 
 

@@ -60,8 +60,11 @@ def load_style_dataset(
             ``datasets.load_dataset`` keyword.
 
     Returns:
-        splits ``train``, ``test`` and optionally ``validation``. AVA's ``test`` split also has
-        ``labels`` (multi-hot over the 14 styles); Flickr's result has ``num_missing_images``.
+        splits ``train``, ``test`` and optionally ``validation``. AVA's ``test`` split keeps all the
+        listed images found on disk (2,809 in the official lists) and also has ``labels`` (multi-hot
+        over the 14 styles, the evaluation target; ``label`` is -1 on the rows without a positive
+        style, see `single_label_view`). AVA and Flickr results have ``num_missing_images`` and
+        ``missing_images`` (listed but not on disk); AVA's has ``num_unlabeled_test_images``.
 
     Raises:
         FileNotFoundError: ``data_dir`` is missing (the message shows the expected layout).
@@ -81,8 +84,10 @@ def load_style_dataset(
             for split in dataset_dict:
                 if split != "test":
                     dataset_dict[split] = dataset_dict[split].remove_columns("labels")
-        if isinstance(builder, LocalImageBuilder) and hasattr(builder, "num_missing_images"):
-            dataset_dict.num_missing_images = builder.num_missing_images
+        if isinstance(builder, LocalImageBuilder):
+            for attribute in ("num_missing_images", "missing_images", "num_unlabeled_test_images"):
+                if hasattr(builder, attribute):
+                    setattr(dataset_dict, attribute, getattr(builder, attribute))
         return dataset_dict
     if data_dir is None and os.path.isdir(os.path.expanduser(name)) and not _has_data_files(name):
         return build_dataset(ImageFolderStyle(data_dir=name, **options))
@@ -100,6 +105,32 @@ def _has_data_files(folder: str) -> bool:
     return any(
         f.endswith(_DATA_FILE_SUFFIXES) for c in candidates for f in os.listdir(c) if os.path.isfile(os.path.join(c, f))
     )
+
+
+def single_label_view(split: datasets.Dataset, label_column: str = "label") -> datasets.Dataset:
+    """The rows of ``split`` that have a class in ``label_column`` (ClassLabel value >= 0).
+
+    The AVA style test split is multi-label and keeps the rows without a positive style (``label``
+    -1); a single-label consumer (accuracy, confusion matrix, a cross-entropy loss) must use this
+    view, which logs a warning with the number of rows it dropped and stores it in
+    ``view.info.description``. The published AVA style protocol is the mean AP on all rows of
+    ``labels``, not this view.
+    """
+    if label_column not in split.column_names:
+        raise ValueError(f"label_column={label_column!r} is not a column of the split ({split.column_names})")
+    keep = [i for i, value in enumerate(split[label_column]) if value is not None and value >= 0]
+    dropped = split.num_rows - len(keep)
+    if not dropped:
+        return split
+    logger.warning(
+        "single-label view: dropped %d of %d rows without a class in %r (multi-label rows with no positive); "
+        "%d rows kept", dropped, split.num_rows, label_column, len(keep),
+    )
+    view = split.select(keep)
+    view.info.description = (
+        f"{view.info.description}\nsingle-label view: {dropped} of {split.num_rows} rows without a class dropped"
+    ).strip()
+    return view
 
 
 def load_hub_dataset(

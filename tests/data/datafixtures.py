@@ -36,7 +36,7 @@ AVA_STYLES = [
 
 @pytest.fixture
 def ava_tree(tmp_path):
-    """Official AVA layout: 28 train images (2 per style, 1 listed but missing) and 5 test images."""
+    """Official AVA layout: 28 train images (2 per style, 1 listed but missing) and 6 test images (1 all-zero)."""
     root = tmp_path / "AVA"
     lists = root / "style_image_lists"
     lists.mkdir(parents=True)
@@ -48,13 +48,14 @@ def ava_tree(tmp_path):
         train_labels.append(str(k % 14 + 1))
         if k != 27:  # the last listed train image is missing on disk
             write_image(root / "images" / f"{image_id}.jpg", seed=k)
-    test_ids = [str(200000 + k) for k in range(5)]
+    test_ids = [str(200000 + k) for k in range(6)]
     multilab = [
         [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
         [0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
         [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1],
         [0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
         [0, 0, 0, 0, 0, 1, 0, 1, 0, 1, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],  # no positive style (236 such rows in the real list)
     ]
     for k, image_id in enumerate(test_ids):
         write_image(root / "images" / f"{image_id}.jpg", seed=100 + k)

@@ -5,7 +5,7 @@ import logging
 import datasets
 import pytest
 
-from artstyle.data import AVAStyle, build_dataset, load_style_dataset, stratified_split
+from artstyle.data import AVAStyle, build_dataset, load_style_dataset, single_label_view, stratified_split
 
 from datafixtures import *  # noqa: F403 (pytest fixtures shared by the data tests)
 
@@ -28,10 +28,14 @@ def test_ava_official_layout(ava_tree, tmp_path, caplog):
     assert "1 listed image(s) not found" in caplog.text and "100027" in caplog.text
     assert ds.num_missing_images == 1
     test = ds["test"]
-    assert test.num_rows == 5
+    assert test.num_rows == 6  # the all-zero row is kept: a negative of every style in the mean AP
     assert test["labels"] == ava_tree["multilab"]
-    assert test["label"] == [0, 1, 12, 3, 5]  # first positive style
+    assert test["label"] == [0, 1, 12, 3, 5, -1]  # first positive style, -1 where there is none
+    assert ds.num_unlabeled_test_images == 1
     assert _paths(test)[1].endswith("200001.jpg")
+    with caplog.at_level(logging.WARNING):
+        view = single_label_view(test)
+    assert view["label"] == [0, 1, 12, 3, 5] and "dropped 1 of 6 rows" in caplog.text
     assert ds["train"][0]["image"].size == (24, 24)
 
 

@@ -9,8 +9,11 @@ Computes, from per-class **scores** (logits, probabilities or kNN votes; shape `
   the thresholded scores).
 - ``precision`` / ``recall``: per-class lists (sklearn, ``zero_division=0``).
 - ``mean_average_precision``: the Flickr Style / AVA protocol (Karayev et al. 2014): the mean over
-  classes of sklearn ``average_precision_score`` on the scores, one class against the rest. Classes
-  without a single positive reference are left out of the mean (their AP is undefined).
+  classes of sklearn ``average_precision_score`` on the scores, one class against the rest, over all
+  rows: a multi-label row without any positive (236 of the 2,809 AVA style test images) is a negative of
+  every class. Classes without a single positive reference are left out of the mean (their AP is
+  undefined).
+- ``average_precision``: the per-class APs behind the mean (``None`` for a class without a positive).
 - ``confusion_matrix``: ``K x K`` list of lists, rows = true class, columns = predicted class
   (single-label configuration only).
 
@@ -18,8 +21,8 @@ Configurations:
 
 - ``"default"``: single-label; ``references`` are class ids.
 - ``"multilabel"``: ``references`` are multi-hot lists (e.g. the AVA style test split). A top-1 hit
-  counts when the highest-scored class is one of the true classes; F1/precision/recall threshold the
-  scores at ``threshold`` (default 0.5, i.e. sigmoid probabilities).
+  counts when the highest-scored class is one of the true classes (never on a row without a positive);
+  F1/precision/recall threshold the scores at ``threshold`` (default 0.5, i.e. sigmoid probabilities).
 """
 
 import datasets
@@ -42,7 +45,8 @@ Args:
     threshold (`float`, default 0.5): multi-label decision threshold on the scores.
 Returns:
     dict with accuracy, top5_accuracy, macro_f1, precision, recall, mean_average_precision,
-    confusion_matrix (None for "multilabel"), num_examples.
+    average_precision (per class, None where a class has no positive), confusion_matrix (None for
+    "multilabel"), num_examples.
 Examples:
     >>> metric = artstyle.metrics.load_style_metrics()
     >>> metric.compute(predictions=[[0.9, 0.1], [0.2, 0.8]], references=[0, 0])["accuracy"]
@@ -60,10 +64,20 @@ _CITATION = """\
 """
 
 
-def _mean_average_precision(targets: np.ndarray, scores: np.ndarray) -> float:
-    """Mean over classes (with at least one positive) of sklearn's average precision."""
-    aps = [average_precision_score(targets[:, k], scores[:, k]) for k in range(targets.shape[1]) if targets[:, k].any()]
-    return float(np.mean(aps)) if aps else float("nan")
+def _average_precisions(targets: np.ndarray, scores: np.ndarray) -> list[float | None]:
+    """Per-class sklearn average precision, one class against the rest, over ALL rows (a row without
+    any positive, e.g. the 236 AVA style test images without a style, is a negative of every class);
+    ``None`` for a class without a single positive reference (its AP is undefined)."""
+    return [
+        float(average_precision_score(targets[:, k], scores[:, k])) if targets[:, k].any() else None
+        for k in range(targets.shape[1])
+    ]
+
+
+def _mean_average_precision(average_precisions: list[float | None]) -> float:
+    """Mean over the classes with at least one positive."""
+    defined = [ap for ap in average_precisions if ap is not None]
+    return float(np.mean(defined)) if defined else float("nan")
 
 
 class StyleMetrics(evaluate.Metric):
@@ -123,13 +137,15 @@ class StyleMetrics(evaluate.Metric):
             precision = precision_score(labels, predicted, labels=class_ids, average=None, zero_division=0)
             recall = recall_score(labels, predicted, labels=class_ids, average=None, zero_division=0)
 
+        average_precisions = _average_precisions(targets, scores)
         return {
             "accuracy": accuracy,
             "top5_accuracy": top5,
             "macro_f1": float(macro_f1),
             "precision": precision.tolist(),
             "recall": recall.tolist(),
-            "mean_average_precision": _mean_average_precision(targets, scores),
+            "mean_average_precision": _mean_average_precision(average_precisions),
+            "average_precision": average_precisions,
             "confusion_matrix": matrix,
             "num_examples": int(num_examples),
         }
