@@ -89,22 +89,29 @@ def _git(*args):
     return subprocess.run(["git", *args], cwd=Path(__file__).parents[1], capture_output=True, text=True)
 
 
-def _run_steps(package_root: Path) -> str:
+def _start_steps(package_root: Path) -> subprocess.Popen:
     code = ("import sys, json; sys.path.insert(0, sys.argv[1]); from compat_settings import *; "
             "from artstyle import ArtStyleForPretraining; "
             "print(json.dumps(pretraining_steps(ArtStyleForPretraining, training_config())))")
     env = {"PYTHONPATH": str(package_root), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-c", code, str(FIXTURES)], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout.strip().splitlines()[-1]
+    return subprocess.Popen([sys.executable, "-c", code, str(FIXTURES)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _result(process: subprocess.Popen) -> str:
+    stdout, stderr = process.communicate(timeout=900)
+    assert process.returncode == 0, stderr[-2000:]
+    return stdout.strip().splitlines()[-1]
 
 
 def test_same_seed_gives_bit_identical_losses_and_weights_as_the_pre_redesign_revision(tmp_path):
-    """Runs the 3 steps with the code of tag ``pre-redesign`` and with this checkout: exactly equal numbers."""
+    """Runs the 3 steps with the code of tag ``pre-redesign`` and with this checkout (two processes, same settings):
+    exactly equal loss terms and weight sums."""
+    root = Path(__file__).parents[1]
     if _git("rev-parse", "--verify", "-q", "pre-redesign^{commit}").returncode != 0:
         pytest.skip("git tag `pre-redesign` is not in this clone (shallow CI clone): the pinned-number test covers it")
-    archive = subprocess.run(["git", "archive", "pre-redesign", "artstyle"], cwd=Path(__file__).parents[1],
-                             capture_output=True, check=True).stdout
+    archive = subprocess.run(["git", "archive", "pre-redesign", "artstyle"], cwd=root, capture_output=True,
+                             check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive, check=True)
-    assert _run_steps(tmp_path) == _run_steps(Path(__file__).parents[1])
+    old, new = _start_steps(tmp_path), _start_steps(root)
+    assert _result(old) == _result(new)
