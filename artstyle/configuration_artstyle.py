@@ -257,29 +257,23 @@ class ArtStyleConfig(PretrainedConfig):
     @classmethod
     def tiny(cls, **overrides) -> ArtStyleConfig:
         """ViT-tiny, 64 px, patch 8 (64 tokens): for tests and the demo on CPU."""
-        values = dict(
+        return cls(**{**dict(
             backbone="vit_tiny_patch16_224", image_size=64, patch_size=8, fusion_num_heads=3, layer_head_dim=128,
             gram_dim=32, style_dim=128, projection_dim=128, projection_hidden_dim=512, distill_hidden_dim=128,
             queue_size=1024,
-        )
-        values.update(overrides)
-        return cls(**values)
+        ), **overrides})
 
     @classmethod
     def vit_small(cls, **overrides) -> ArtStyleConfig:
         """Paper scale, ViT-S/16 at 224 px (MoCo v3 head sizes)."""
-        values = dict(backbone="vit_small_patch16_224", image_size=224, patch_size=16, fusion_num_heads=6,
-                      drop_path_rate=0.1)
-        values.update(overrides)
-        return cls(**values)
+        return cls(**{**dict(backbone="vit_small_patch16_224", image_size=224, patch_size=16, fusion_num_heads=6,
+                             drop_path_rate=0.1), **overrides})
 
     @classmethod
     def vit_base(cls, **overrides) -> ArtStyleConfig:
         """Paper scale, ViT-B/16 at 224 px (MoCo v3 head sizes)."""
-        values = dict(backbone="vit_base_patch16_224", image_size=224, patch_size=16, fusion_num_heads=8,
-                      drop_path_rate=0.1)
-        values.update(overrides)
-        return cls(**values)
+        return cls(**{**dict(backbone="vit_base_patch16_224", image_size=224, patch_size=16, fusion_num_heads=8,
+                             drop_path_rate=0.1), **overrides})
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> ArtStyleConfig:

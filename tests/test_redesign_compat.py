@@ -1,10 +1,12 @@
 """The component redesign changed no behaviour: old checkpoints load, same seed + config → same losses and weights.
 
-Pinned numbers: printed by ``tests/fixtures/make_old_checkpoint.py`` run at git tag ``pre-redesign`` (commit 0b31b58,
-before the components moved into their own modules), CPU, torch 2.14 / transformers 5.24 / timm 1.0.31. A later
+Pinned numbers and the fixture folder: printed / written by ``tests/fixtures/make_old_checkpoint.py`` run at commit
+0b31b58 (tag ``pre-redesign`` = 798f5d0 plus a config-only commit: modeling, head and loss files identical to the
+tag), before the components moved into their own modules; CPU, torch 2.14 / transformers 5.24 / timm 1.0.31. A later
 method change may update them deliberately, saying so in its commit.
 """
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -108,7 +110,7 @@ def test_same_seed_gives_bit_identical_losses_and_weights_as_the_pre_redesign_re
     """Runs the 3 steps with the code of tag ``pre-redesign`` and with this checkout (two processes, same settings):
     exactly equal loss terms and weight sums."""
     root = Path(__file__).parents[1]
-    if _git("rev-parse", "--verify", "-q", "pre-redesign^{commit}").returncode != 0:
+    if shutil.which("git") is None or _git("rev-parse", "--verify", "-q", "pre-redesign^{commit}").returncode != 0:
         pytest.skip("git tag `pre-redesign` is not in this clone (shallow CI clone): the pinned-number test covers it")
     archive = subprocess.run(["git", "archive", "pre-redesign", "artstyle"], cwd=root, capture_output=True,
                              check=True).stdout
