@@ -41,6 +41,9 @@ def backbone_depth_and_width(backbone: str, depth: int | None) -> tuple[int, int
 class ArtStyleConfig(PretrainedConfig):
     r"""Configuration of [`ArtStyleModel`], [`ArtStyleForPretraining`] and [`ArtStyleForImageClassification`].
 
+    The method, its four components and their equations: docs/method.md. Which field switches each component on or
+    off: `COMPONENTS`, `components`, `with_components`; the MoCo v3 baseline: `moco_v3_baseline()`.
+
     Backbone
         backbone (`str`, default `"vit_base_patch16_224"`): timm ViT name; built from scratch (no download).
         backbone_depth (`int | None`, default `None`): override of the number of blocks (None = timm's).
@@ -49,18 +52,19 @@ class ArtStyleConfig(PretrainedConfig):
         image_size (`int`, default 224): input resolution. patch_size (`int`, default 16): ViT patch size.
         drop_path_rate (`float`, default 0.0): stochastic depth of the backbone.
         image_mean / image_std (`list[float]`, ImageNet statistics): normalisation of the image processor.
-    Attention-guided layer fusion (DESIGN §1.1)
+    Attention-guided layer fusion and layer-wise contrast (`layer_fusion.py`)
         fusion_layers (`list[int] | None`, default `None` = every block): block indices (negative allowed) whose CLS
             tokens are fused by self-attention across layers.
         fusion_num_heads (`int`, default 4): heads of the cross-layer attention and attention pooling.
         layer_head_dim (`int`, default 256): hidden width of the light per-layer projectors (layer-wise contrast).
-    Learnable Gram module (§1.2)
+    Learnable Gram matrix (`gram.py`)
         gram_layer (`int`, default -1): block whose patch tokens give the Gram matrix (negative allowed).
         gram_dim (`int`, default 64): channels C of the two learned maps; the Gram matrix is C×C.
         style_dim (`int`, default 256): width of the style vector projected from the flattened Gram matrix.
-    Representation (§1.3)
-        pooler (`str`, default `"cls"`): `"cls"` | `"fused"` | `"fused_style"` — the `pooler_output`.
-    Heads and queue (§1.4, §1.5)
+    Representation
+        pooler (`str`, default `"cls"`): the `pooler_output`: `"cls"` (the ViT's head input), `"fused"` (attention
+            pooling of the fused layer tokens) or `"fused_style"` (fused vector + Gram style vector, projected).
+    Heads, multi-layer self-distillation (`distillation.py`) and queue (`soft_contrast.py`)
         projection_dim (`int`, default 256): output width of projector G, predictor h and distillation heads.
         projection_hidden_dim (`int`, default 4096): hidden width of the MoCo v3 projector/predictor.
         distill_layers (`list[int] | None`, default `None` = every block): student blocks distilled from the teacher.
@@ -69,13 +73,21 @@ class ArtStyleConfig(PretrainedConfig):
             Keep it well below the number of training images (e.g. ≤ 1/4 of it): a queue close to the dataset
             size holds older keys of the same image among its negatives.
     Temperatures and soft targets
-        tau_student (0.2), tau_teacher (0.1), tau_layerwise (0.2), tau_distill (0.2): positive floats.
+        tau_student (`float`, default 0.2): temperature of the student logits of the soft contrast.
+        tau_teacher (`float`, default 0.1): temperature of the teacher similarities that give the soft neighbours.
+        tau_layerwise (`float`, default 0.2) / tau_distill (`float`, default 0.2): InfoNCE temperatures of the
+            layer-wise contrast and of the multi-layer self-distillation. All temperatures are positive.
         soft_alpha (`float` in [0, 1], default 0.5): weight of the one-hot positive in the soft target (1 = InfoNCE).
         soft_mode (`str`, default `"soft"`): `"soft"` | `"ascl"` (neighbour mass scaled by teacher confidence).
     Loss weights (a weight of 0 switches the component off and skips its compute)
-        weight_contrastive (1.0), weight_layerwise (0.5), weight_distill (0.5), weight_gram (1.0): non-negative.
+        weight_contrastive (`float`, default 1.0): soft contrast; weight_layerwise (0.5): layer-wise contrast;
+            weight_distill (0.5): multi-layer self-distillation; weight_gram (1.0): Gram loss. All non-negative.
     Teacher
-        momentum_base (`float`, default 0.99): EMA momentum at step 0; the schedule rises to `momentum_final` (1.0).
+        momentum_base (`float`, default 0.99): EMA momentum of the teacher at step 0.
+        momentum_final (`float`, default 1.0): EMA momentum at the end of the schedule (`momentum_base` ≤ it ≤ 1).
+    Initialisation
+        initializer_range (`float`, default 0.02): std of the truncated-normal init (position and layer embeddings,
+            Linear layers through `PreTrainedModel`).
     """
 
     model_type = "artstyle"
@@ -245,29 +257,23 @@ class ArtStyleConfig(PretrainedConfig):
     @classmethod
     def tiny(cls, **overrides) -> ArtStyleConfig:
         """ViT-tiny, 64 px, patch 8 (64 tokens): for tests and the demo on CPU."""
-        values = dict(
+        return cls(**{**dict(
             backbone="vit_tiny_patch16_224", image_size=64, patch_size=8, fusion_num_heads=3, layer_head_dim=128,
             gram_dim=32, style_dim=128, projection_dim=128, projection_hidden_dim=512, distill_hidden_dim=128,
             queue_size=1024,
-        )
-        values.update(overrides)
-        return cls(**values)
+        ), **overrides})
 
     @classmethod
     def vit_small(cls, **overrides) -> ArtStyleConfig:
         """Paper scale, ViT-S/16 at 224 px (MoCo v3 head sizes)."""
-        values = dict(backbone="vit_small_patch16_224", image_size=224, patch_size=16, fusion_num_heads=6,
-                      drop_path_rate=0.1)
-        values.update(overrides)
-        return cls(**values)
+        return cls(**{**dict(backbone="vit_small_patch16_224", image_size=224, patch_size=16, fusion_num_heads=6,
+                             drop_path_rate=0.1), **overrides})
 
     @classmethod
     def vit_base(cls, **overrides) -> ArtStyleConfig:
         """Paper scale, ViT-B/16 at 224 px (MoCo v3 head sizes)."""
-        values = dict(backbone="vit_base_patch16_224", image_size=224, patch_size=16, fusion_num_heads=8,
-                      drop_path_rate=0.1)
-        values.update(overrides)
-        return cls(**values)
+        return cls(**{**dict(backbone="vit_base_patch16_224", image_size=224, patch_size=16, fusion_num_heads=8,
+                             drop_path_rate=0.1), **overrides})
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> ArtStyleConfig:

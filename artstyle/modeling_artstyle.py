@@ -1,8 +1,9 @@
 """artstyle models: a timm ViT with attention-guided layer fusion and a learnable Gram style module, its
-self-supervised pretraining wrapper (momentum teacher, soft contrast with a queue, layer-wise contrast, multi-layer
-self-distillation, Gram loss) and an image classifier.
+self-supervised pretraining wrapper (momentum teacher + the four components of docs/method.md) and an image classifier.
 
-Reads top-down: backbone → encoder outputs → pretrained base → base model → pretraining → classification.
+Reads top-down: backbone → encoder outputs → pretrained base → base model → pretraining → classification. Each
+component (its parameters' classes, forward and loss) lives in its own sibling module: ``layer_fusion.py``,
+``distillation.py``, ``soft_contrast.py``, ``gram.py``; ``ArtStyleForPretraining`` only wires them.
 Imports only torch / transformers / timm and sibling modules (relative), so a saved folder loads with
 ``trust_remote_code=True`` where the ``artstyle`` package is not installed.
 """
@@ -22,9 +23,12 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput
 
 from .configuration_artstyle import ArtStyleConfig
-from .fusion import AttentionLayerFusion, LayerNormPerLayer, LearnableGram
+from .distillation import MultiLayerSelfDistillation
+from .gram import GramMSELoss, LearnableGram
 from .heads import PerLayerMLP, PredictorHead, ProjectorHead
-from .losses import GramMSELoss, InfoNCELoss, SoftContrastiveLoss, gather_from_all
+from .layer_fusion import AttentionLayerFusion, LayerNormPerLayer, LayerwiseContrast
+from .losses import gather_from_all
+from .soft_contrast import SoftContrastiveLoss, enqueue_keys
 
 
 # ---------------------------------------------------------------------------------------------- backbone
@@ -145,7 +149,7 @@ class ArtStylePreTrainedModel(PreTrainedModel):
 
 # ---------------------------------------------------------------------------------------------- base model
 class ArtStyleModel(ArtStylePreTrainedModel):
-    """ViT backbone + attention-guided layer fusion + learnable Gram module → ``pooler_output`` (DESIGN §1.1–1.3).
+    """ViT backbone + attention-guided layer fusion + learnable Gram module → ``pooler_output`` (docs/method.md).
 
     The backbone runs ONCE per call (timm ``forward_intermediates``); fusion and Gram read its hidden states.
     """
@@ -269,12 +273,36 @@ def _timm_checkpoint_filter(backbone: VisionTransformer):
 
 
 # ---------------------------------------------------------------------------------------------- pretraining
+@dataclass
+class _View:
+    """What one view contributes to the losses (student or teacher; ``None`` where that term is off)."""
+
+    output: ArtStyleModelOutput
+    key: torch.Tensor | None = None  # [B, P] student prediction q / teacher key p, normalised float32
+    layers: torch.Tensor | None = None  # [L, B, P] layer-wise contrast embeddings
+    distill: torch.Tensor | None = None  # [L, B, P] distillation predictions (student only)
+    gram: torch.Tensor | None = None  # [B, C, C]
+
+
+@dataclass
+class _GatheredKeys:
+    """Teacher keys of one view gathered over processes; this process's rows start at ``offset``."""
+
+    keys: torch.Tensor | None = None
+    offset: int = 0
+
+
 class ArtStyleForPretraining(ArtStylePreTrainedModel):
-    """Self-supervised pretraining of [`ArtStyleModel`] (DESIGN §1): student, momentum teacher, heads, queue.
+    """Self-supervised pretraining of [`ArtStyleModel`] (docs/method.md): student, momentum teacher, heads, queue.
 
     ``forward(pixel_values, pixel_values_2, momentum)``: optional EMA update of the teacher, ONE backbone pass per
     view for the student and one for the teacher (no grad), every enabled loss computed symmetrically, then (training
     mode) the gathered teacher keys of the second view are enqueued. Losses are float32 whatever the autocast dtype.
+
+    The components (docs/method.md) are wired here; their parameters sit at the attribute paths of the checkpoint
+    format: ``artstyle.fusion`` / ``artstyle.gram`` (in the encoder), ``projector`` + ``predictor`` (MoCo v3 heads),
+    ``layer_projector`` (layer-wise contrast), ``distill_projector`` + ``distill_predictor`` (distillation),
+    ``queue`` + ``queue_ptr`` (soft-contrast queue) and ``teacher.*`` (twins of what sees the teacher's input).
     """
 
     _keys_to_ignore_on_load_unexpected = [r"^classifier\."]  # initialising pretraining from a classifier
@@ -287,21 +315,27 @@ class ArtStyleForPretraining(ArtStylePreTrainedModel):
         self.distill_layers = config.resolved_distill_layers()
         self.projector = ProjectorHead(dim, config.projection_hidden_dim, proj)
         self.predictor = PredictorHead(proj, config.projection_hidden_dim)
-        self.layer_projector = (PerLayerMLP(len(self.fusion_layers), dim, config.layer_head_dim, proj)
-                                if config.weight_layerwise > 0 else None)
+        layerwise = config.weight_layerwise > 0
+
+        def layerwise_head():
+            return LayerwiseContrast(len(self.fusion_layers), dim, config.layer_head_dim, proj, config.tau_layerwise)
+
+        self.layer_projector = layerwise_head() if layerwise else None
         if config.weight_distill > 0:
-            self.distill_projector = PerLayerMLP(len(self.distill_layers), dim, config.distill_hidden_dim, proj)
-            self.distill_predictor = PerLayerMLP(len(self.distill_layers), proj, config.distill_hidden_dim, proj)
+            self.distill_projector, self.distill_predictor = MultiLayerSelfDistillation.build_heads(
+                len(self.distill_layers), dim, config.distill_hidden_dim, proj)
         else:
             self.distill_projector = self.distill_predictor = None
         # the teacher twins every student part that sees the teacher's input; predictor and distill heads have none
         teacher = {"artstyle": ArtStyleModel(config), "projector": ProjectorHead(dim, config.projection_hidden_dim,
                                                                                    proj)}
-        if self.layer_projector is not None:
-            teacher["layer_projector"] = PerLayerMLP(len(self.fusion_layers), dim, config.layer_head_dim, proj)
+        if layerwise:
+            teacher["layer_projector"] = layerwise_head()
         self.teacher = nn.ModuleDict(teacher)
         self.teacher.requires_grad_(False)
         self.artstyle.freeze_unused(used_by_losses=True)
+        # the soft contrast's key queue (soft_contrast.KeyQueue semantics), kept as this model's own buffers so that
+        # checkpoints hold them as `queue` / `queue_ptr`
         if config.queue_size > 0:
             self.register_buffer("queue", F.normalize(torch.randn(config.queue_size, proj), dim=1))
         else:
@@ -310,8 +344,7 @@ class ArtStyleForPretraining(ArtStylePreTrainedModel):
 
         self.soft_contrastive = SoftContrastiveLoss(config.tau_student, config.tau_teacher, config.soft_alpha,
                                                     config.soft_mode)
-        self.layerwise_nce = InfoNCELoss(config.tau_layerwise)
-        self.distill_nce = InfoNCELoss(config.tau_distill)
+        self.distillation = MultiLayerSelfDistillation(self.distill_layers, config.tau_distill)
         self.gram_mse = GramMSELoss()
         self.post_init()
         self.copy_student_to_teacher()
@@ -346,42 +379,22 @@ class ArtStyleForPretraining(ArtStylePreTrainedModel):
         return self
 
     # -------------------------------------------------------------------------------------------- per view
-    def _views(self, pixel_values: torch.Tensor, *, teacher: bool) -> dict[str, torch.Tensor | None]:
+    def _view(self, pixel_values: torch.Tensor, *, teacher: bool) -> _View:
         config = self.config
+        distill = not teacher and self.distill_projector is not None
         encoder = self.teacher["artstyle"] if teacher else self.artstyle
-        extra = tuple(self.distill_layers) if (not teacher and self.distill_projector is not None) else ()
-        encoded = encoder.encode(pixel_values, extra_layers=extra)
-        out = encoded.output
-        views: dict[str, torch.Tensor | None] = {"output": out}
-        projector = self.teacher["projector"] if teacher else self.projector
-        needs_key = config.weight_contrastive > 0 or (teacher and config.weight_distill > 0)
-        if needs_key:
-            z = projector(out.pooler_output)
-            views["key"] = F.normalize((z if teacher else self.predictor(z)).float(), dim=-1)
+        encoded = encoder.encode(pixel_values, extra_layers=tuple(self.distill_layers) if distill else ())
+        view = _View(output=encoded.output)
+        if config.weight_contrastive > 0 or (teacher and config.weight_distill > 0):
+            z = (self.teacher["projector"] if teacher else self.projector)(encoded.output.pooler_output)
+            view.key = F.normalize((z if teacher else self.predictor(z)).float(), dim=-1)
         if config.weight_layerwise > 0:
-            layer_projector = self.teacher["layer_projector"] if teacher else self.layer_projector
-            views["layers"] = F.normalize(layer_projector(encoded.fused.transpose(0, 1)).float(), dim=-1)
-        if not teacher and self.distill_projector is not None:
-            tokens = torch.stack([encoded.layer_cls[i] for i in self.distill_layers], dim=0)
-            views["distill"] = F.normalize(self.distill_predictor(self.distill_projector(tokens)).float(), dim=-1)
+            view.layers = (self.teacher["layer_projector"] if teacher else self.layer_projector).embed(encoded.fused)
+        if distill:
+            view.distill = self.distillation(encoded.layer_cls, self.distill_projector, self.distill_predictor)
         if config.weight_gram > 0:
-            views["gram"] = out.gram
-        return views
-
-    # -------------------------------------------------------------------------------------------- queue
-    @torch.no_grad()
-    def _enqueue(self, keys: torch.Tensor) -> None:
-        """Ring-buffer write of ``keys`` (any count, no divisibility assumption); identical on every process because
-        ``keys`` are the gathered keys of the global batch."""
-        size = self.queue.shape[0]
-        count = keys.shape[0]
-        pointer = int(self.queue_ptr)
-        if count > size:
-            pointer = (pointer + count - size) % size
-            keys, count = keys[-size:], size
-        index = (pointer + torch.arange(count, device=keys.device)) % size
-        self.queue.index_copy_(0, index, keys.to(self.queue.dtype))
-        self.queue_ptr.fill_((pointer + count) % size)
+            view.gram = encoded.output.gram
+        return view
 
     # -------------------------------------------------------------------------------------------- forward
     def forward(self, pixel_values: torch.Tensor, pixel_values_2: torch.Tensor, momentum: float | None = None,
@@ -391,43 +404,40 @@ class ArtStyleForPretraining(ArtStylePreTrainedModel):
         if momentum is not None and self.training:
             self.update_teacher(momentum)
         config = self.config
-        students = [self._views(v, teacher=False) for v in (pixel_values, pixel_values_2)]
+        students = [self._view(v, teacher=False) for v in (pixel_values, pixel_values_2)]
         with torch.no_grad():
-            teachers = [self._views(v, teacher=True) for v in (pixel_values, pixel_values_2)]
-        zero = pixel_values.new_zeros((), dtype=torch.float32)
-        losses = {"contrastive": zero, "layerwise": zero, "distill": zero, "gram": zero}
-        # the teacher keys of the other view, gathered over processes (in-batch negatives, distillation targets)
-        keys = [gather_from_all(t["key"]) if "key" in t else (None, 0) for t in teachers]
-        pairs = ((0, 1), (1, 0))  # (student view, teacher view)
+            teachers = [self._view(v, teacher=True) for v in (pixel_values, pixel_values_2)]
+        # the teacher keys of each view, gathered over processes (in-batch negatives, distillation targets)
+        gathered = [_GatheredKeys(*gather_from_all(t.key)) if t.key is not None else _GatheredKeys() for t in teachers]
+        pairs = [(students[0], teachers[1], gathered[1]), (students[1], teachers[0], gathered[0])]  # cross-view
 
+        def symmetric(term) -> torch.Tensor:
+            return sum(term(student, teacher, keys) for student, teacher, keys in pairs) / 2
+
+        zero = pixel_values.new_zeros((), dtype=torch.float32)
+        contrastive = layerwise = distill = gram = zero
         if config.weight_contrastive > 0:
             queue = self.queue.clone().detach() if self.queue is not None else None
-            losses["contrastive"] = sum(
-                self.soft_contrastive(students[s]["key"], teachers[t]["key"], negatives=queue,
-                                      keys=keys[t][0], offset=keys[t][1]) for s, t in pairs) / 2
+            contrastive = symmetric(lambda s, t, k: self.soft_contrastive(s.key, t.key, negatives=queue, keys=k.keys,
+                                                                          offset=k.offset))
         if config.weight_layerwise > 0:
-            total = zero
-            for s, t in pairs:
-                gathered, offset = gather_from_all(teachers[t]["layers"].transpose(0, 1))
-                total = total + self.layerwise_nce(students[s]["layers"], gathered.transpose(0, 1), offset)
-            losses["layerwise"] = total / 2
+            layerwise = symmetric(lambda s, t, k: self.layer_projector.loss(s.layers, t.layers))
         if config.weight_distill > 0:
-            losses["distill"] = sum(self.distill_nce(students[s]["distill"], keys[t][0], keys[t][1])
-                                    for s, t in pairs) / 2
+            distill = symmetric(lambda s, t, k: self.distillation.loss(s.distill, k.keys, k.offset))
         if config.weight_gram > 0:
-            losses["gram"] = sum(self.gram_mse(students[s]["gram"], teachers[t]["gram"]) for s, t in pairs) / 2
+            gram = symmetric(lambda s, t, k: self.gram_mse(s.gram, t.gram))
 
         # enqueue only now: the keys of this batch must not be negatives of either symmetric term
         if self.queue is not None and self.training and config.weight_contrastive > 0:
-            self._enqueue(keys[1][0])
+            enqueue_keys(self.queue, self.queue_ptr, gathered[1].keys)
 
-        loss = (config.weight_contrastive * losses["contrastive"] + config.weight_layerwise * losses["layerwise"]
-                + config.weight_distill * losses["distill"] + config.weight_gram * losses["gram"])
-        first = students[0]["output"]
+        loss = (config.weight_contrastive * contrastive + config.weight_layerwise * layerwise
+                + config.weight_distill * distill + config.weight_gram * gram)
+        first = students[0].output
         output = ArtStylePretrainingOutput(
-            loss=loss, loss_contrastive=losses["contrastive"], loss_layerwise=losses["layerwise"],
-            loss_distill=losses["distill"], loss_gram=losses["gram"], pooler_output=first.pooler_output,
-            fusion_weights=first.fusion_weights, fusion_pool_weights=first.fusion_pool_weights)
+            loss=loss, loss_contrastive=contrastive, loss_layerwise=layerwise, loss_distill=distill, loss_gram=gram,
+            pooler_output=first.pooler_output, fusion_weights=first.fusion_weights,
+            fusion_pool_weights=first.fusion_pool_weights)
         return output if return_dict is not False else output.to_tuple()
 
 

@@ -30,7 +30,8 @@ def test_saved_folder_is_safetensors_with_code_and_auto_map(pretrain_dir):
     folder, _ = pretrain_dir
     names = {p.name for p in folder.iterdir()}
     assert "model.safetensors" in names and not any(n.endswith((".bin", ".pt", ".pth")) for n in names)
-    assert {"modeling_artstyle.py", "configuration_artstyle.py", "heads.py", "fusion.py", "losses.py"} <= names
+    assert {"modeling_artstyle.py", "configuration_artstyle.py", "heads.py", "losses.py", "layer_fusion.py",
+            "distillation.py", "soft_contrast.py", "gram.py"} <= names  # the modeling file and its relative imports
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForPreTraining", "AutoModelForImageClassification"}
     with pytest.raises(ValueError, match="safetensors"):
@@ -66,6 +67,7 @@ def test_trust_remote_code_without_the_package(pretrain_dir, tmp_path):
     torch.save(x, tmp_path / "x.pt")
     with torch.no_grad():
         expected = classifier(x).logits
+        expected_loss = model.eval()(x, x.flip(-1)).loss
     script = textwrap.dedent(f"""
         import sys
         sys.modules["artstyle"] = None  # `import artstyle` now raises ImportError
@@ -75,19 +77,24 @@ def test_trust_remote_code_without_the_package(pretrain_dir, tmp_path):
         except ImportError:
             pass
         import torch
-        from transformers import AutoModelForImageClassification
+        from transformers import AutoModelForImageClassification, AutoModelForPreTraining
         model = AutoModelForImageClassification.from_pretrained({str(tmp_path / 'clf')!r}, trust_remote_code=True)
         assert "artstyle" not in type(model).__module__.split(".")[0], type(model).__module__
         x = torch.load({str(tmp_path / 'x.pt')!r})
         with torch.no_grad():
             torch.save(model.eval()(x).logits, {str(tmp_path / 'logits.pt')!r})
         print(type(model).__module__)
+        # the pretraining model wires every component module (layer_fusion, distillation, soft_contrast, gram)
+        pretraining = AutoModelForPreTraining.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+        with torch.no_grad():
+            torch.save(pretraining(x, x.flip(-1)).loss, {str(tmp_path / 'loss.pt')!r})
     """)
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
                             env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HOME": str(tmp_path / "hf")})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "transformers_modules" in result.stdout
     assert torch.equal(torch.load(tmp_path / "logits.pt"), expected)
+    torch.testing.assert_close(torch.load(tmp_path / "loss.pt"), expected_loss, rtol=1e-5, atol=0)
 
 
 def test_pipelines_on_a_saved_folder(pretrain_dir, tmp_path):

@@ -26,7 +26,7 @@ def _softmax(x):
 
 
 def reference_soft(q, p, queue, tau_s, tau_t, alpha, mode):
-    """Plain loop version of DESIGN §1.4."""
+    """Plain loop version of the soft contrast equation (docs/method.md)."""
     losses = []
     for i in range(len(q)):
         logits = np.concatenate([[q[i] @ p[i]], queue @ q[i]]) / tau_s

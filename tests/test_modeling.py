@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from artstyle import ArtStyleForImageClassification, ArtStyleForPretraining, ArtStyleModel
+from artstyle.soft_contrast import enqueue_keys
 
 from conftest import tiny_config
 
@@ -88,12 +89,12 @@ def test_queue_ring_buffer_with_batches_not_dividing_its_size():
     keys = F.normalize(torch.randn(37, model.config.projection_dim), dim=1)
     start = 0
     for size in (5, 5, 5, 5, 5, 7, 5):  # 37 keys into 24 slots
-        model._enqueue(keys[start:start + size])
+        enqueue_keys(model.queue, model.queue_ptr, keys[start:start + size])
         start += size
     assert int(model.queue_ptr) == 37 % 24
     for i in range(37 - 24, 37):  # the newest 24 keys, each at slot i % 24
         assert torch.equal(model.queue[i % 24], keys[i])
-    model._enqueue(keys[:30])  # more keys than slots: keep the last 24
+    enqueue_keys(model.queue, model.queue_ptr, keys[:30])  # more keys than slots: keep the last 24
     assert int(model.queue_ptr) == (13 + 30) % 24
     for i in range(6, 30):
         assert torch.equal(model.queue[(13 + i) % 24], keys[i])
