@@ -53,9 +53,9 @@ class CountingEmbedder(StyleEmbedder):
         super().__init__(*args, **kwargs)
         self.embedded = 0
 
-    def embed(self, images):
-        self.embedded += len(images)
-        return super().embed(images)
+    def embed_pixels(self, pixel_values):
+        self.embedded += len(pixel_values)
+        return super().embed_pixels(pixel_values)
 
 
 def test_round_trip_and_nearest_neighbour_is_itself(model_dir, collection, tmp_path):
