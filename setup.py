@@ -28,6 +28,7 @@ setup(
         "tensorboard",
         "scikit-learn",
         "tqdm",
+        "filelock>=3.0",
     ],
     extras_require={"dev": ["pytest", "ruff"]},
     entry_points={

@@ -271,7 +271,9 @@ class StyleIndex:
                 model_fingerprint=meta["model_fingerprint"],
                 failed=meta["failed"],
             )
-            index._num_files = len(meta["files"])
+            # for build_index: written by this version as one file, nothing to gain from rewriting it
+            index._files = [spec["file"] for spec in meta["files"]]
+            index._compact = meta["format_version"] == FORMAT_VERSION and len(meta["files"]) <= 1
             return index
         raise ValueError(f"{meta_path} kept changing while it was read; is another process rewriting it?")
 
@@ -326,6 +328,7 @@ def _parse_manifest(raw: bytes, meta_path: Path) -> dict:
                 for f in meta["files"]
             ]
         parsed = {
+            "format_version": version,
             "model_fingerprint": _typed(meta["model_fingerprint"], str),
             "root": _typed(meta["root"], str),
             "dim": _typed(meta["dim"], int),
@@ -414,8 +417,7 @@ def _write_embeddings(index_dir: Path, embeddings: np.ndarray) -> dict:
     data = save({"embeddings": np.ascontiguousarray(embeddings, dtype=np.float32)})
     digest = hashlib.sha256(data).hexdigest()
     name = f"{_EMBEDDINGS_PREFIX}-{digest[:24]}.safetensors"
-    if not (index_dir / name).is_file():
-        _write_atomic(index_dir / name, data)
+    _write_atomic(index_dir / name, data)  # even if the name exists: that file may be the damaged one
     return {"file": name, "rows": int(len(embeddings)), "sha256": digest}
 
 
@@ -705,6 +707,14 @@ def build_index(
     with index_lock(index_dir, lock_timeout):
         unusable = (index_dir / INDEX_JSON).is_file()
         stored = load_index(index_dir)
+        if stored is not None and stored.model_fingerprint != embedder.fingerprint:
+            logger.warning(
+                "%s was built with another model (fingerprint %s..., this model %s...); it will be rebuilt",
+                index_dir / INDEX_JSON,
+                stored.model_fingerprint[:12],
+                embedder.fingerprint[:12],
+            )
+            stored = None
         unusable = unusable and stored is None
         index, report = update_index(
             root,
@@ -720,13 +730,15 @@ def build_index(
         unchanged = (
             stored is not None
             and not report.rebuilt
-            and getattr(stored, "_num_files", 1) <= 1
+            and getattr(stored, "_compact", False)
             and index.paths == stored.paths
             and index.stats == stored.stats
             and index.failed == stored.failed
             and str(index.root) == str(stored.root)
         )
-        if not unchanged:
+        if unchanged:  # still remove what an interrupted writer may have left
+            _remove_leftovers(index_dir, stored._files)
+        else:
             _save_unlocked(index, index_dir)
     return index, report
 
