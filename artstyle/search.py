@@ -37,6 +37,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -249,33 +250,7 @@ class StyleIndex:
         row count against the entries, and duplicate paths. `load_index` turns these errors into a
         warning for callers that rebuild instead.
         """
-        index_dir = Path(index_dir)
-        meta_path = index_dir / INDEX_JSON
-        for _attempt in range(3):
-            if not meta_path.is_file():
-                raise FileNotFoundError(f"style index file not found: {meta_path}")
-            raw = meta_path.read_bytes()
-            meta = _parse_manifest(raw, meta_path)
-            try:
-                embeddings = _read_embeddings(index_dir, meta)
-            except FileNotFoundError:
-                # a writer replaced the manifest and removed the files it named: read the new one
-                if meta_path.is_file() and meta_path.read_bytes() != raw:
-                    continue
-                raise
-            index = cls(
-                root=Path(meta["root"]),
-                paths=[entry["path"] for entry in meta["entries"]],
-                embeddings=embeddings,
-                stats=[(entry["size"], entry["mtime_ns"]) for entry in meta["entries"]],
-                model_fingerprint=meta["model_fingerprint"],
-                failed=meta["failed"],
-            )
-            # for build_index: written by this version as one file, nothing to gain from rewriting it
-            index._files = [spec["file"] for spec in meta["files"]]
-            index._compact = meta["format_version"] == FORMAT_VERSION and len(meta["files"]) <= 1
-            return index
-        raise ValueError(f"{meta_path} kept changing while it was read; is another process rewriting it?")
+        return _read_index(Path(index_dir))[0]
 
     def search(self, query: np.ndarray, k: int = 5, exclude: Iterable[str] = ()) -> list[tuple[str, float]]:
         """The ``k`` entries most similar (cosine) to the unit vector ``query``: ``[(path, score)]``."""
@@ -350,6 +325,33 @@ def _parse_manifest(raw: bytes, meta_path: Path) -> dict:
         duplicate = next(path for path in paths if paths.count(path) > 1)
         raise ValueError(f"{meta_path}: path {duplicate!r} is listed more than once")
     return parsed
+
+
+def _read_index(index_dir: Path) -> tuple[StyleIndex, dict]:
+    """`StyleIndex.load`, also returning the parsed manifest."""
+    meta_path = index_dir / INDEX_JSON
+    for _attempt in range(3):
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"style index file not found: {meta_path}")
+        raw = meta_path.read_bytes()
+        meta = _parse_manifest(raw, meta_path)
+        try:
+            embeddings = _read_embeddings(index_dir, meta)
+        except FileNotFoundError:
+            # a writer replaced the manifest and removed the files it named: read the new one
+            if meta_path.is_file() and meta_path.read_bytes() != raw:
+                continue
+            raise
+        index = StyleIndex(
+            root=Path(meta["root"]),
+            paths=[entry["path"] for entry in meta["entries"]],
+            embeddings=embeddings,
+            stats=[(entry["size"], entry["mtime_ns"]) for entry in meta["entries"]],
+            model_fingerprint=meta["model_fingerprint"],
+            failed=meta["failed"],
+        )
+        return index, meta
+    raise ValueError(f"{meta_path} kept changing while it was read; is another process rewriting it?")
 
 
 def _typed(value, kind: type):
@@ -505,14 +507,17 @@ def load_index(index_dir: str | Path) -> StyleIndex | None:
     An unreadable or inconsistent index (garbage or truncated file, missing file, row count that
     does not match the manifest...) gives a warning naming the file and None: callers rebuild it.
     """
-    index_dir = Path(index_dir)
+    return _load_or_warn(Path(index_dir))[0]
+
+
+def _load_or_warn(index_dir: Path) -> tuple[StyleIndex | None, dict | None]:
     if not (index_dir / INDEX_JSON).is_file():
-        return None
+        return None, None
     try:
-        return StyleIndex.load(index_dir)
+        return _read_index(index_dir)
     except (ValueError, OSError) as err:
         logger.warning("Ignoring the style index in %s, it will be rebuilt: %s", index_dir, err)
-        return None
+        return None, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -554,7 +559,9 @@ def _progress_bar(progress, total: int):
         @contextlib.contextmanager
         def wrapped():
             ticks = iter(progress(range(total)))
-            yield lambda n: [next(ticks, None) for _ in range(n)]
+            yield SimpleNamespace(update=lambda n: [next(ticks, None) for _ in range(n)])
+            for _ in ticks:  # run the wrapper to its end (a tqdm bar closes there)
+                pass
 
         return wrapped()
     from tqdm.auto import tqdm
@@ -706,7 +713,7 @@ def build_index(
     index_dir.mkdir(parents=True, exist_ok=True)
     with index_lock(index_dir, lock_timeout):
         unusable = (index_dir / INDEX_JSON).is_file()
-        stored = load_index(index_dir)
+        stored, meta = _load_or_warn(index_dir)
         if stored is not None and stored.model_fingerprint != embedder.fingerprint:
             logger.warning(
                 "%s was built with another model (fingerprint %s..., this model %s...); it will be rebuilt",
@@ -730,14 +737,15 @@ def build_index(
         unchanged = (
             stored is not None
             and not report.rebuilt
-            and getattr(stored, "_compact", False)
+            and meta["format_version"] == FORMAT_VERSION
+            and len(meta["files"]) <= 1  # else compact the files of an interrupted run into one
             and index.paths == stored.paths
             and index.stats == stored.stats
             and index.failed == stored.failed
             and str(index.root) == str(stored.root)
         )
         if unchanged:  # still remove what an interrupted writer may have left
-            _remove_leftovers(index_dir, stored._files)
+            _remove_leftovers(index_dir, [spec["file"] for spec in meta["files"]])
         else:
             _save_unlocked(index, index_dir)
     return index, report
