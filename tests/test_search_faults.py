@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_search import CountingEmbedder
 
 import artstyle.search as search
 from artstyle import ArtStyleModel, build_image_processor
@@ -70,16 +71,6 @@ print(json.dumps({"entries": len(index), "added": report.added, "unchanged": rep
 
 class Crash(BaseException):
     """Stands for the process dying at this point (not an Exception: nothing catches it)."""
-
-
-class CountingEmbedder(StyleEmbedder):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.embedded = 0
-
-    def embed_pixels(self, pixel_values):
-        self.embedded += len(pixel_values)
-        return super().embed_pixels(pixel_values)
 
 
 @pytest.fixture(autouse=True)
