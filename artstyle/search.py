@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ FORMAT_VERSION = 2
 _LEGACY_EMBEDDINGS = "embeddings.safetensors"  # format_version 1: one file, no checksum
 _EMBEDDINGS_PREFIX = "embeddings"
 _TEMP_PREFIX = ".tmp-"
+# the files this module writes in an index folder (anything else there is left alone)
+_OUR_FILE = re.compile(rf"{_EMBEDDINGS_PREFIX}-[0-9a-f]{{24}}\.safetensors|{re.escape(_TEMP_PREFIX)}.+\.part")
 
 
 def list_images(root: str | Path, recursive: bool = True) -> list[Path]:
@@ -442,8 +445,8 @@ def _remove_leftovers(index_dir: Path, current: Iterable[str]) -> None:
     """Delete embedding files the manifest does not name and temporary files of interrupted writes."""
     current = set(current)
     for path in index_dir.iterdir():
-        stale_embeddings = path.name.startswith(_EMBEDDINGS_PREFIX) and path.suffix == ".safetensors"
-        if (stale_embeddings and path.name not in current) or path.name.startswith(_TEMP_PREFIX):
+        ours = _OUR_FILE.fullmatch(path.name) is not None or path.name == _LEGACY_EMBEDDINGS
+        if ours and path.name not in current:
             with contextlib.suppress(OSError):
                 path.unlink()
 

@@ -185,6 +185,19 @@ def test_manifest_names_checksummed_files_and_nothing_else_is_left(model_dir, tm
     assert again.paths == index.paths
 
 
+def test_files_of_others_in_the_index_folder_are_left_alone(model_dir, tmp_path):
+    root = make_images(tmp_path / "works", 3)
+    index_dir = tmp_path / "idx"
+    index_dir.mkdir()
+    foreign = [index_dir / "embeddings_mine.safetensors", index_dir / "notes.txt", index_dir / ".tmp-keep"]
+    for path in foreign:
+        path.write_bytes(b"not ours")
+    (index_dir / ".tmp-interrupted.part").write_bytes(b"half a file")  # what a killed writer leaves
+    build_index(root, StyleEmbedder(str(model_dir), device="cpu"), index_dir, progress=False)
+    assert sorted(leftovers(index_dir)) == sorted(path.name for path in foreign)
+    assert all(path.read_bytes() == b"not ours" for path in foreign)
+
+
 def test_default_index_dir_is_hidden_in_the_collection(model_dir, tmp_path):
     root = make_images(tmp_path / "works", 4)
     index, _ = build_index(root, StyleEmbedder(str(model_dir), device="cpu"), progress=False)
