@@ -30,6 +30,7 @@ setup(
         "scikit-learn",
         "tqdm",
         "requests",
+        "filelock>=3.0",
     ],
     extras_require={"dev": ["pytest", "ruff"]},
     entry_points={
