@@ -146,7 +146,7 @@ def test_gpu_ablation_script_dry_run_on_cpu(class_folders, tmp_path):
     env = {**os.environ, "DATA_DIR": str(class_folders), "OUT_DIR": str(tmp_path / "gpu"), "STEPS": "2",
            "BATCH": "4", "SEEDS": "0", "SETTINGS": "moco_v3", "PARALLEL": "1", "NUM_WORKERS": "0",
            "FINETUNE_EPOCHS": "1", "CONFIG_OVERRIDES": TINY, "RESULTS_DIR": str(tmp_path / "results"),
-           "PYTHON": sys.executable, "EXTRA_ARGS": "--probe_epochs 5"}
+           "PYTHON": sys.executable, "EXTRA_ARGS": "--probe_epochs 5", "TIME_LIMIT": "3000"}
     completed = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_ablation.sh")], env=env, cwd=REPO,
                                capture_output=True, text=True, timeout=900)
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
