@@ -1,9 +1,13 @@
 """Ablation of the artstyle method: what each component buys on held-out paintings.
 
 For every (setting, seed): pretrain with ``run_pretrain.py`` (subprocess, its own CLI) on the TRAIN part of a
-class-per-folder dataset, then evaluate the frozen student encoder (``pooler_output``) with a linear probe and a
-weighted kNN (``artstyle.evaluation``: ``extract_features``, ``train_linear_probe``, ``knn_classify``) on the TEST
-part. The split is ``load_style_dataset("imagefolder", data_dir=..., test_size=0.2, seed=0)``: deterministic,
+class-per-folder dataset, then evaluate the student encoder on the TEST part three ways: a linear probe and a
+weighted kNN on frozen ``pooler_output`` features (``artstyle.evaluation``: ``extract_features``,
+``train_linear_probe``, ``knn_classify``), and a FINE-TUNE (the paper's protocol) with one fixed short recipe for
+every setting: ``ArtStyleForImageClassification`` initialised from the encoder, AdamW with layer-wise LR decay
+(``artstyle.evaluation.layer_decay_param_groups``), cosine schedule with one warm-up epoch, label smoothing 0.1,
+RandomResizedCrop + flip (``--finetune_*`` options; ``--finetune_epochs 0`` skips it).
+The split is ``load_style_dataset("imagefolder", data_dir=..., test_size=0.2, seed=0)``: deterministic,
 stratified per class, fixed before any result is seen and never tuned on. Labels are used only by the evaluation.
 
 Settings (``--settings``; a profile picks a default list):
@@ -26,8 +30,10 @@ during an ablation (a shared machine), settings calibrated at different times ge
 that have nothing to do with their cost, so prefer ``--max_steps`` there. Every (setting, seed) writes
 ``<output_dir>/results/<setting>__seed<seed>.json`` and is skipped when that file exists, so an ablation can run in
 pieces, in the background, and resume after a crash.
-At the end (and with ``--report_only``) ``<output_dir>/ablation.md`` (mean ± std over seeds) and ``ablation.png``
-(bar chart) are written from every result file present.
+At the end (and with ``--report_only``) ``<output_dir>/ablation.md`` (mean ± std over seeds, and per seed the PAIRED
+difference full − moco_v3 with its mean and standard error) and ``ablation.png`` (bar chart + paired differences)
+are written from every result file present; ``ablation_records.json`` lists one flat record per (setting, seed):
+setting, seed, steps, batch, image_size, linear_probe_acc, knn_acc, finetune_acc (fractions).
 
 Profiles: ``quick`` (CPU: random_init, moco_v3, full; seed 0; ``--max_steps 200`` by default: ≈ 15–17 minutes a
 run on an idle 2-core machine, where a batch-64 step takes 4–5 s; a fixed step count keeps settings comparable)
@@ -52,7 +58,10 @@ from pathlib import Path
 from artstyle.configuration_artstyle import COMPONENTS
 
 REPO = Path(__file__).resolve().parents[1]
-RESULT_VERSION = 1
+RESULT_VERSION = 2
+RECORD_FIELDS = ("setting", "seed", "steps", "batch", "image_size", "linear_probe_acc", "knn_acc",
+                 "finetune_acc")
+METRICS = (("linear_probe_acc", "linear probe"), ("knn_acc", "kNN"), ("finetune_acc", "fine-tune"))
 
 ALL_SETTINGS = (["random_init", "moco_v3"] + [f"moco_v3+{name}" for name in COMPONENTS]
                 + ["full", "full_fused", "full_fused_style"])
@@ -100,6 +109,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--knn_temperature", type=float, default=0.07)
     parser.add_argument("--probe_epochs", type=int, default=100)
     parser.add_argument("--probe_lr", type=float, default=1e-2)
+    parser.add_argument("--finetune_epochs", type=int, default=10,
+                        help="Fine-tune evaluation: epochs over the probe's train part (0 = skip the fine-tune).")
+    parser.add_argument("--finetune_lr", type=float, default=1e-4, help="Fine-tune: peak AdamW LR (top block).")
+    parser.add_argument("--finetune_batch_size", type=int, default=64)
+    parser.add_argument("--finetune_layer_decay", type=float, default=0.75)
+    parser.add_argument("--finetune_weight_decay", type=float, default=0.05)
+    parser.add_argument("--finetune_crop_min", type=float, default=0.25, help="RandomResizedCrop minimum area.")
+    parser.add_argument("--finetune_label_smoothing", type=float, default=0.1)
     parser.add_argument("--max_train_images", type=int, default=None,
                         help="Smoke tests: pretrain on the first N train images (run_pretrain --max_train_samples); "
                              "probe on N evenly spaced train images.")
@@ -128,6 +145,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.batch_size = profile["batch_size"]
     if not 0 < args.test_size < 1:
         parser.error("--test_size must lie in (0, 1)")
+    if args.finetune_epochs < 0 or args.finetune_lr <= 0 or args.finetune_batch_size < 1:
+        parser.error("--finetune_epochs must be >= 0, --finetune_lr > 0 and --finetune_batch_size >= 1")
+    if not 0 < args.finetune_layer_decay <= 1 or not 0 < args.finetune_crop_min <= 1:
+        parser.error("--finetune_layer_decay and --finetune_crop_min must lie in (0, 1]")
     args.config_overrides = json.loads(args.config_overrides) if args.config_overrides else {}
     if not isinstance(args.config_overrides, dict):
         parser.error("--config_overrides must be a JSON object")
@@ -233,46 +254,129 @@ def validation_splits(train, fraction: float, seed: int) -> dict:
     return {"train": train.select(parts["train"]), "test": train.select(parts["validation"])}
 
 
+def evaluation_splits(args: argparse.Namespace) -> tuple[dict, int]:
+    """``({"train": ..., "test": <held-out>}, num_classes)`` for ``--eval_split``, limited by ``--max_*_images``."""
+    from artstyle.data import load_style_dataset
+
+    splits = load_style_dataset("imagefolder", data_dir=args.data_dir, test_size=args.test_size,
+                                seed=args.split_seed)
+    num_classes = splits["train"].features["label"].num_classes
+    if args.eval_split == "validation":
+        splits = validation_splits(splits["train"], args.test_size, args.split_seed)
+    limited = {}
+    for name, limit in (("train", args.max_train_images), ("test", args.max_test_images)):
+        split = splits[name]
+        if limit is not None and limit < len(split):  # evenly spaced: keeps every class (splits are class-ordered)
+            split = split.select(sorted({round(i * (len(split) - 1) / max(limit - 1, 1)) for i in range(limit)}))
+        limited[name] = split
+    return limited, num_classes
+
+
 def evaluate_encoder(encoder, args: argparse.Namespace, seed: int) -> dict:
-    """Linear probe and kNN accuracy of ``encoder.pooler_output`` on the held-out split."""
+    """Linear probe and kNN accuracy of ``encoder.pooler_output`` on the held-out split, and the fine-tune
+    accuracy (`finetune_accuracy`) unless ``--finetune_epochs 0``."""
     import torch
     from torch.utils.data import DataLoader
 
     from artstyle import build_image_processor
-    from artstyle.data import StyleImageDataset, collate_skip_bad, load_style_dataset
+    from artstyle.data import StyleImageDataset, collate_skip_bad
     from artstyle.evaluation import extract_features, knn_classify, train_linear_probe
     from artstyle.transforms import build_eval_transform
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     encoder = encoder.to(device).eval()
-    splits = load_style_dataset("imagefolder", data_dir=args.data_dir, test_size=args.test_size,
-                                seed=args.split_seed)
-    if args.eval_split == "validation":
-        splits = validation_splits(splits["train"], args.test_size, args.split_seed)
+    splits, num_classes = evaluation_splits(args)
     transform = build_eval_transform(build_image_processor(encoder.config))
     features = {}
-    for name, limit in (("train", args.max_train_images), ("test", args.max_test_images)):
-        split = splits[name]
-        if limit is not None and limit < len(split):  # evenly spaced: keeps every class (splits are class-ordered)
-            split = split.select(sorted({round(i * (len(split) - 1) / max(limit - 1, 1)) for i in range(limit)}))
-        loader = DataLoader(StyleImageDataset(split, transform), batch_size=args.eval_batch_size,
+    for name in ("train", "test"):
+        loader = DataLoader(StyleImageDataset(splits[name], transform), batch_size=args.eval_batch_size,
                             shuffle=False, num_workers=args.num_workers, collate_fn=collate_skip_bad)
         features[name] = extract_features(encoder, loader)
     (train_x, train_y), (test_x, test_y) = features["train"], features["test"]
-    num_classes = splits["train"].features["label"].num_classes
     knn_scores = knn_classify(train_x, train_y, test_x, num_classes, k=args.knn_k, temperature=args.knn_temperature)
     probe = train_linear_probe(train_x, train_y, num_classes, epochs=args.probe_epochs, learning_rate=args.probe_lr,
                                seed=seed)
     with torch.no_grad():
         probe_pred = probe(test_x.float()).argmax(dim=1)
         probe_train_acc = float((probe(train_x.float()).argmax(dim=1) == train_y).float().mean())
-    return {
+    result = {
         "linear_probe_acc": float((probe_pred == test_y).float().mean()),
         "linear_probe_train_acc": probe_train_acc,
         "knn_acc": float((knn_scores.argmax(dim=1) == test_y).float().mean()),
         "num_train": len(train_y), "num_test": len(test_y), "num_classes": num_classes,
         "feature_dim": int(train_x.shape[1]),
     }
+    if args.finetune_epochs > 0:
+        result.update(finetune_accuracy(encoder, splits, num_classes, args, seed, device))
+    return result
+
+
+def finetune_accuracy(encoder, splits: dict, num_classes: int, args: argparse.Namespace, seed: int,
+                      device) -> dict:
+    """The fixed fine-tune recipe (same for every setting): a classifier initialised from ``encoder`` (a copy; the
+    encoder is not changed), trained on ``splits["train"]``, scored on ``splits["test"]``."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+
+    from artstyle import ArtStyleForImageClassification, build_image_processor
+    from artstyle.data import StyleImageDataset, collate_skip_bad
+    from artstyle.evaluation import layer_decay_param_groups
+    from artstyle.training.schedules import cosine_lr
+    from artstyle.transforms import build_eval_transform, build_train_transform
+
+    config = copy.deepcopy(encoder.config)
+    config.num_labels = num_classes
+    torch.manual_seed(seed)
+    model = ArtStyleForImageClassification(config)
+    model.artstyle.load_state_dict(encoder.state_dict())
+    model.to(device).train()
+    processor = build_image_processor(config)
+    train_transform = build_train_transform(processor, crop_scale=(args.finetune_crop_min, 1.0))
+    generator = torch.Generator().manual_seed(seed)
+    train_loader = DataLoader(StyleImageDataset(splits["train"], train_transform), shuffle=True, generator=generator,
+                              batch_size=args.finetune_batch_size, num_workers=args.num_workers,
+                              collate_fn=collate_skip_bad)
+    groups = layer_decay_param_groups(model, args.finetune_weight_decay, args.finetune_layer_decay)
+    optimizer = torch.optim.AdamW(groups, lr=args.finetune_lr)
+    total = args.finetune_epochs * len(train_loader)
+    warmup = min(len(train_loader), total - 1)
+    step, start = 0, time.perf_counter()
+    for _ in range(args.finetune_epochs):
+        for batch in train_loader:
+            if batch is None:
+                continue
+            lr = cosine_lr(min(step, total - 1), total, warmup, args.finetune_lr, 1e-6)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            logits = model(batch["pixel_values"].to(device)).logits
+            loss = F.cross_entropy(logits.float(), batch["labels"].to(device),
+                                   label_smoothing=args.finetune_label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            step += 1
+    model.eval()
+    test_loader = DataLoader(StyleImageDataset(splits["test"], build_eval_transform(processor)),
+                             batch_size=args.eval_batch_size, shuffle=False, num_workers=args.num_workers,
+                             collate_fn=collate_skip_bad)
+    correct = count = 0
+    with torch.no_grad():
+        for batch in test_loader:
+            if batch is None:
+                continue
+            predictions = model(batch["pixel_values"].to(device)).logits.argmax(dim=1).cpu()
+            correct += int((predictions == batch["labels"]).sum())
+            count += len(predictions)
+    return {"finetune_acc": correct / max(count, 1), "finetune_steps": step,
+            "finetune_runtime_s": round(time.perf_counter() - start, 1),
+            "finetune_recipe": {"epochs": args.finetune_epochs, "lr": args.finetune_lr,
+                                "batch": args.finetune_batch_size, "layer_decay": args.finetune_layer_decay,
+                                "weight_decay": args.finetune_weight_decay, "crop_min": args.finetune_crop_min,
+                                "label_smoothing": args.finetune_label_smoothing}}
 
 
 def run_one(setting: str, seed: int, args: argparse.Namespace) -> dict:
@@ -316,6 +420,7 @@ def run_one(setting: str, seed: int, args: argparse.Namespace) -> dict:
     print(f"[{time.strftime('%H:%M:%S')}] evaluate {setting} seed {seed}", flush=True)
     eval_start = time.perf_counter()
     record.update(evaluate_encoder(encoder, args, seed))
+    record.update(steps=record["train_steps"], batch=args.batch_size, image_size=config.image_size)
     record.update(eval_runtime_s=round(time.perf_counter() - eval_start, 1),
                   total_runtime_s=round(time.perf_counter() - start, 1))
     return record
@@ -329,6 +434,13 @@ def load_results(output_dir: Path) -> list[dict]:
     return results
 
 
+def flat_record(record: dict) -> dict:
+    """The table record: setting, seed, steps, batch, image_size, linear_probe_acc, knn_acc, finetune_acc."""
+    values = {"steps": record.get("train_steps", 0), "batch": record.get("batch_size"),
+              "image_size": record.get("config", {}).get("image_size")}
+    return {name: record.get(name, values.get(name)) for name in RECORD_FIELDS}
+
+
 def mean_std(values: list[float]) -> str:
     if not values:
         return "–"
@@ -336,6 +448,23 @@ def mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{mean:.1f}"
     return f"{mean:.1f} ± {statistics.stdev(values) * 100:.1f}"
+
+
+def paired_differences(results: list[dict], metric: str, setting: str = "full",
+                       baseline: str = "moco_v3") -> dict | None:
+    """Per seed present in both settings, ``setting − baseline`` of ``metric``; their mean and standard error
+    (sample std / √n; ``None`` with one seed). ``None`` when no seed has both (or the metric is missing)."""
+    by_seed = {name: {r["seed"]: r.get(metric) for r in results if r["setting"] == name}
+               for name in (setting, baseline)}
+    seeds = sorted(seed for seed in by_seed[setting] if seed in by_seed[baseline]
+                   and by_seed[setting][seed] is not None and by_seed[baseline][seed] is not None)
+    if not seeds:
+        return None
+    differences = [by_seed[setting][seed] - by_seed[baseline][seed] for seed in seeds]
+    stderr = statistics.stdev(differences) / math.sqrt(len(differences)) if len(differences) > 1 else None
+    return {"setting": setting, "baseline": baseline, "metric": metric, "seeds": seeds, "differences": differences,
+            "mean": statistics.fmean(differences), "stderr": stderr,
+            "wins": sum(d > 0 for d in differences), "ties": sum(d == 0 for d in differences)}
 
 
 def write_report(output_dir: Path) -> Path | None:
@@ -347,14 +476,16 @@ def write_report(output_dir: Path) -> Path | None:
     for record in results:
         grouped.setdefault(record["setting"], []).append(record)
     names = [s for s in ALL_SETTINGS if s in grouped] + sorted(s for s in grouped if s not in ALL_SETTINGS)
-    lines = ["| setting | seeds | pretrain steps | pretrain min | linear probe acc (%) | kNN acc (%) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| setting | seeds | pretrain steps | pretrain min | linear probe acc (%) | kNN acc (%) | "
+             "fine-tune acc (%) |", "|---|---|---|---|---|---|---|"]
     for name in names:
         runs = grouped[name]
         steps = statistics.fmean(r.get("train_steps", 0) for r in runs)
         minutes = statistics.fmean(r.get("train_runtime_s", 0.0) for r in runs) / 60
+        finetune = [r["finetune_acc"] for r in runs if r.get("finetune_acc") is not None]
         lines.append(f"| {name} | {len(runs)} | {steps:.0f} | {minutes:.1f} | "
-                     f"{mean_std([r['linear_probe_acc'] for r in runs])} | {mean_std([r['knn_acc'] for r in runs])} |")
+                     f"{mean_std([r['linear_probe_acc'] for r in runs])} | {mean_std([r['knn_acc'] for r in runs])} | "
+                     f"{mean_std(finetune)} |")
     first = results[0]
     eval_splits = {r["split"].get("eval", "test") for r in results}
     if len(eval_splits) > 1:
@@ -362,9 +493,13 @@ def write_report(output_dir: Path) -> Path | None:
                          "keep tuning (validation) and test runs in separate output folders")
     held_out = ("VALIDATION (carved from the train part, for tuning; not the test split)"
                 if eval_splits == {"validation"} else "test")
+    seeds = sorted({r["seed"] for r in results})
+    budgets = sorted({(r.get("train_steps", 0), r.get("batch_size")) for r in results if r["setting"] != "random_init"})
+    recipe = next((r["finetune_recipe"] for r in results if r.get("finetune_recipe")), None)
     notes = [
         "",
-        f"Evaluated on: {held_out}.",
+        f"Evaluated on: {held_out}. Seeds: {seeds} ({len(seeds)}). Pretraining budget (steps, batch): "
+        f"{budgets or 'none'}; image size {sorted({str(flat_record(r)['image_size']) for r in results})}.",
         f"Held-out split: stratified {1 - first['split']['test_size']:.0%}/{first['split']['test_size']:.0%}, "
         f"seed {first['split']['seed']} ({first['num_train']} train / {first['num_test']} held-out images, "
         f"{first['num_classes']} classes). Mean ± std over seeds (std only with ≥ 2 seeds). "
@@ -372,40 +507,69 @@ def write_report(output_dir: Path) -> Path | None:
         f"augmentation {first.get('augmentation', 'moco_v3 (run_pretrain default)')}.",
         "Linear probe: artstyle.evaluation.train_linear_probe on frozen pooler_output features; kNN: weighted "
         "(k=20, T=0.07 unless changed) artstyle.evaluation.knn_classify.",
+        f"Fine-tune (same recipe for every setting): {recipe or 'not run'}.",
     ]
+    paired = [p for p in (paired_differences(results, key) for key, _ in METRICS) if p is not None]
+    if paired:
+        notes += ["", "Paired difference full − moco_v3, per seed (percentage points):", "",
+                  "| metric | " + " | ".join(f"seed {s}" for s in paired[0]["seeds"]) + " | mean | s.e. | full wins |",
+                  "|---|" + "---|" * (len(paired[0]["seeds"]) + 3)]
+        for p in paired:
+            stderr = "–" if p["stderr"] is None else f"{p['stderr'] * 100:.2f}"
+            notes.append(f"| {dict(METRICS)[p['metric']]} | " + " | ".join(f"{d * 100:+.1f}" for d in p["differences"])
+                         + f" | {p['mean'] * 100:+.2f} | {stderr} | {p['wins']}/{len(p['seeds'])} |")
     table = "\n".join(lines + notes) + "\n"
     (output_dir / "ablation.md").write_text(table)
+    (output_dir / "ablation_records.json").write_text(json.dumps([flat_record(r) for r in results], indent=2))
     print(table)
-    plot(output_dir / "ablation.png", names, grouped, chance=100 / first["num_classes"])
+    plot(output_dir / "ablation.png", names, grouped, chance=100 / first["num_classes"], paired=paired,
+         subtitle=f"{held_out.split(' ')[0].lower()} split, {len(seeds)} seed(s), budget {budgets or 'none'}")
     return output_dir / "ablation.md"
 
 
-def plot(path: Path, names: list[str], grouped: dict[str, list[dict]], chance: float) -> None:
+def plot(path: Path, names: list[str], grouped: dict[str, list[dict]], chance: float, paired: list[dict] | None = None,
+         subtitle: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = (("linear_probe_acc", "linear probe"), ("knn_acc", "kNN"))
-    width = 0.38
-    figure, axis = plt.subplots(figsize=(max(6.0, 1.1 * len(names) + 2), 4.2))
+    metrics = [(key, label) for key, label in METRICS
+               if all(r.get(key) is not None for runs in grouped.values() for r in runs)]
+    width = 0.8 / len(metrics)
+    columns = 2 if paired else 1
+    figure, axes = plt.subplots(1, columns, figsize=(max(6.0, 1.1 * len(names) + 2) + 4 * (columns - 1), 4.4),
+                                squeeze=False, gridspec_kw={"width_ratios": [2, 1][:columns]})
+    axis = axes[0][0]
     for offset, (key, label) in enumerate(metrics):
         means, errors = [], []
         for name in names:
             values = [r[key] * 100 for r in grouped[name]]
             means.append(statistics.fmean(values))
             errors.append(statistics.stdev(values) if len(values) > 1 else 0.0)
-        positions = [i + (offset - 0.5) * width for i in range(len(names))]
+        positions = [i + (offset - (len(metrics) - 1) / 2) * width for i in range(len(names))]
         bars = axis.bar(positions, means, width, yerr=errors, capsize=3, label=label)
         axis.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
     axis.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:.1f}%)")
     axis.set_xticks(range(len(names)), names, rotation=25, ha="right", fontsize=8)
     axis.set_ylabel("held-out accuracy (%)")
-    axis.set_title("artstyle ablation (mean ± std over seeds)")
+    axis.set_title(f"artstyle ablation (mean ± std over seeds)\n{subtitle}", fontsize=9)
     axis.legend(fontsize=8)
     axis.grid(axis="y", alpha=0.3)
     top = max(r[k] * 100 for runs in grouped.values() for r in runs for k, _ in metrics)
     axis.set_ylim(0, math.ceil(top / 10 + 0.5) * 10)
+    if paired:
+        axis = axes[0][1]
+        for index, p in enumerate(paired):
+            axis.scatter([index] * len(p["differences"]), [d * 100 for d in p["differences"]], color="C0", s=14,
+                         zorder=3)
+            axis.errorbar([index], [p["mean"] * 100], yerr=[(p["stderr"] or 0.0) * 100], fmt="D", color="C3",
+                          capsize=4, zorder=4)
+        axis.axhline(0, color="grey", linewidth=1)
+        axis.set_xticks(range(len(paired)), [dict(METRICS)[p["metric"]] for p in paired], fontsize=8)
+        axis.set_ylabel("full − moco_v3 (points)")
+        axis.set_title("paired per seed (dots), mean ± s.e.", fontsize=9)
+        axis.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

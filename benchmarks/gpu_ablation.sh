@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# One-call GPU ablation (issue 10): several (setting, seed) runs of benchmarks/ablation.py share ONE GPU at once
+# (a tiny ViT does not fill an H100/H200), each pretraining + linear probe + kNN + fine-tune, resumable per
+# (setting, seed), and the table comes back in one file:
+#   $RESULTS_DIR/ablation_gpu.json  (a list: setting, seed, steps, batch, image_size, linear_probe_acc, knn_acc,
+#                                    finetune_acc; accuracies as fractions)
+#   $RESULTS_DIR/ablation_gpu.md    (mean ± std per setting, the paired full − moco_v3 per seed, mean and s.e.)
+# and, when $OUT is set (the device tool's return folder), copies of both plus the PNG, the per-run result JSONs and
+# logs (the runs themselves, with their weights, stay in $OUT_DIR = outputs/ablation_gpu, git-ignored).
+#
+# Sized to fit 8 minutes of one H100/H200 including setup with the defaults (2 settings x 3 seeds = 6 runs at once,
+# 1200 steps of batch 128 at 64 px each; §8 of DESIGN measured 2 such runs side by side at ~3.5 min, loader-bound
+# with 7 workers each; here 2 workers x 6 runs on 16 cores). Every run is killed after TIME_LIMIT seconds so the
+# call returns in time; a killed run leaves no result file and is redone by the next call (finished ones are
+# skipped). Every size is an environment variable, so a CPU dry run is:
+#   DATA_DIR=../shared/data/realart-dev STEPS=3 BATCH=8 SEEDS=0 PARALLEL=2 FINETUNE_EPOCHS=1 \
+#   EXTRA_ARGS="--max_train_images 60 --max_test_images 30" bash benchmarks/gpu_ablation.sh
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+PYTHON="${PYTHON:-python}"
+if [[ -z "${DATA_DIR:-}" ]]; then
+  for candidate in ../shared/data/realart-dev ./shared/data/realart-dev; do
+    if [[ -d "$candidate" ]]; then DATA_DIR="$candidate"; break; fi
+  done
+fi
+if [[ -z "${DATA_DIR:-}" || ! -d "$DATA_DIR" ]]; then
+  echo "gpu_ablation.sh: DATA_DIR not set and realart-dev not found at ../shared/data or ./shared/data" >&2
+  exit 2
+fi
+STEPS="${STEPS:-1200}"
+BATCH="${BATCH:-128}"
+SEEDS="${SEEDS:-0,1,2}"
+SETTINGS="${SETTINGS:-moco_v3,full}"
+PARALLEL="${PARALLEL:-6}"
+NUM_WORKERS="${NUM_WORKERS:-2}"
+PRESET="${PRESET:-tiny}"
+CONFIG_OVERRIDES="${CONFIG_OVERRIDES:-}"
+AUGMENTATION="${AUGMENTATION:-style_preserving}"
+MIXED_PRECISION="${MIXED_PRECISION:-}"
+EVAL_SPLIT="${EVAL_SPLIT:-test}"
+FINETUNE_EPOCHS="${FINETUNE_EPOCHS:-10}"
+TIME_LIMIT="${TIME_LIMIT:-420}"
+EXTRA_ARGS="${EXTRA_ARGS:-}"
+OUT_DIR="${OUT_DIR:-$REPO/outputs/ablation_gpu}"  # git-ignored; kept between calls on a warm machine
+RESULTS_DIR="${RESULTS_DIR:-$REPO/benchmarks/results}"
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"  # many processes share the CPU cores
+
+start=$(date +%s)
+mkdir -p "$OUT_DIR/results" "$OUT_DIR/logs" "$RESULTS_DIR"
+"$PYTHON" - <<'EOF'
+import importlib, torch
+for name in ("timm", "transformers", "datasets", "accelerate", "sklearn", "matplotlib"):
+    importlib.import_module(name)
+print(f"torch {torch.__version__}, cuda {torch.cuda.is_available()}"
+      + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else " (CPU dry run)"), flush=True)
+EOF
+# build the dataset cache once, before the parallel runs race to build it
+"$PYTHON" -c "from artstyle.data import load_style_dataset; load_style_dataset('imagefolder', data_dir='$DATA_DIR', test_size=0.2, seed=0)"
+echo "setup done after $(( $(date +%s) - start )) s; data $DATA_DIR; steps $STEPS, batch $BATCH, seeds $SEEDS, settings $SETTINGS, $PARALLEL at once"
+
+common=(--data_dir "$DATA_DIR" --output_dir "$OUT_DIR" --max_steps "$STEPS" --batch_size "$BATCH"
+        --config_preset "$PRESET" --num_workers "$NUM_WORKERS" --augmentation "$AUGMENTATION"
+        --eval_split "$EVAL_SPLIT" --finetune_epochs "$FINETUNE_EPOCHS")
+[[ -n "$CONFIG_OVERRIDES" ]] && common+=(--config_overrides "$CONFIG_OVERRIDES")
+[[ -n "$MIXED_PRECISION" ]] && common+=(--mixed_precision "$MIXED_PRECISION")
+read -r -a extra <<< "$EXTRA_ARGS"
+
+pids=()
+IFS=, read -r -a seed_list <<< "$SEEDS"
+IFS=, read -r -a setting_list <<< "$SETTINGS"
+for seed in "${seed_list[@]}"; do           # seed-major: a cut-short call still has complete pairs
+  for setting in "${setting_list[@]}"; do
+    if [[ -f "$OUT_DIR/results/${setting}__seed${seed}.json" ]]; then
+      echo "skip $setting seed $seed: result exists"
+      continue
+    fi
+    while (( $(jobs -rp | wc -l) >= PARALLEL )); do sleep 1; done
+    echo "start $setting seed $seed"
+    timeout --signal=TERM "$TIME_LIMIT" "$PYTHON" benchmarks/ablation.py "${common[@]}" --settings "$setting" \
+      --seeds "$seed" "${extra[@]}" > "$OUT_DIR/logs/${setting}__seed${seed}.log" 2>&1 &
+    pids+=($!)
+  done
+done
+failed=0
+for pid in "${pids[@]}"; do wait "$pid" || failed=$((failed + 1)); done
+(( failed )) && echo "$failed run(s) failed or hit TIME_LIMIT=$TIME_LIMIT s (rerun to resume); logs in $OUT_DIR/logs"
+
+"$PYTHON" benchmarks/ablation.py --data_dir "$DATA_DIR" --output_dir "$OUT_DIR" --report_only > /dev/null
+if [[ -f "$OUT_DIR/ablation.md" ]]; then
+  cp "$OUT_DIR/ablation_records.json" "$RESULTS_DIR/ablation_gpu.json"
+  cp "$OUT_DIR/ablation.md" "$RESULTS_DIR/ablation_gpu.md"
+  cp "$OUT_DIR/ablation.png" "$RESULTS_DIR/ablation_gpu.png"
+  cat "$RESULTS_DIR/ablation_gpu.md"
+  if [[ -n "${OUT:-}" && "$OUT" != "$RESULTS_DIR" ]]; then
+    cp "$RESULTS_DIR"/ablation_gpu.{json,md,png} "$OUT/"
+    cp -r "$OUT_DIR/logs" "$OUT_DIR/results" "$OUT/" 2>/dev/null || true
+  fi
+fi
+echo "gpu_ablation.sh: $(( $(date +%s) - start )) s in all"
+exit $(( failed > 0 ))

@@ -1,0 +1,161 @@
+"""benchmarks/ablation.py: the fine-tune evaluation, paired-difference statistics, flat records, the GPU script."""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_ablation():
+    spec = importlib.util.spec_from_file_location("bench_ablation_method", REPO / "benchmarks" / "ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def class_folders(tmp_path):
+    """3 classes x 8 images: flat colours with noise (class-per-folder)."""
+    root = tmp_path / "styles"
+    for label, colour in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
+        (root / f"class_{label}").mkdir(parents=True)
+        for index in range(8):
+            rng = np.random.default_rng(label * 100 + index)
+            array = np.clip(np.array(colour) + rng.integers(-20, 21, (20, 20, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(array).save(root / f"class_{label}" / f"{index}.png")
+    return root
+
+
+TINY = json.dumps({"backbone_depth": 1, "image_size": 16, "patch_size": 8, "queue_size": 16, "projection_dim": 16,
+                   "projection_hidden_dim": 32, "layer_head_dim": 16, "distill_hidden_dim": 16, "gram_dim": 4,
+                   "style_dim": 8})
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+def _record(setting, seed, probe, knn=0.5, finetune=None):
+    return {"setting": setting, "seed": seed, "linear_probe_acc": probe, "knn_acc": knn, "finetune_acc": finetune,
+            "train_steps": 10, "batch_size": 4, "config": {"image_size": 16}, "config_preset": "tiny",
+            "num_train": 8, "num_test": 4, "num_classes": 2, "split": {"test_size": 0.2, "seed": 0, "eval": "test"}}
+
+
+def test_paired_differences_against_hand_computation():
+    ablation = load_ablation()
+    results = [_record("full", 0, 0.50), _record("full", 1, 0.60), _record("full", 2, 0.55),
+               _record("moco_v3", 0, 0.45), _record("moco_v3", 1, 0.62), _record("moco_v3", 2, 0.50),
+               _record("full", 3, 0.99)]  # seed 3 has no baseline: not paired
+    paired = ablation.paired_differences(results, "linear_probe_acc")
+    # differences 0.05, -0.02, 0.05; mean 0.08/3; deviations 0.07/3, -0.14/3, 0.07/3
+    mean = 0.08 / 3
+    variance = ((0.07 / 3) ** 2 * 2 + (0.14 / 3) ** 2) / 2
+    assert paired["seeds"] == [0, 1, 2]
+    assert paired["differences"] == pytest.approx([0.05, -0.02, 0.05])
+    assert paired["mean"] == pytest.approx(mean)
+    assert paired["stderr"] == pytest.approx(math.sqrt(variance) / math.sqrt(3))
+    assert paired["stderr"] == pytest.approx(0.07 / 3)  # = sqrt(0.0049/3)/sqrt(3)
+    assert paired["wins"] == 2 and paired["ties"] == 0
+    single = ablation.paired_differences(results[:1] + results[3:4], "linear_probe_acc")
+    assert single["differences"] == pytest.approx([0.05]) and single["stderr"] is None
+    assert ablation.paired_differences(results, "finetune_acc") is None  # missing everywhere
+    assert ablation.paired_differences([_record("full", 0, 0.5)], "linear_probe_acc") is None
+
+
+def test_report_has_paired_table_flat_records_and_budget(tmp_path):
+    ablation = load_ablation()
+    (tmp_path / "results").mkdir()
+    records = [_record("moco_v3", 0, 0.40, 0.30, 0.70), _record("moco_v3", 1, 0.42, 0.35, 0.72),
+               _record("full", 0, 0.45, 0.30, 0.69), _record("full", 1, 0.46, 0.36, 0.75)]
+    for r in records:
+        (tmp_path / "results" / f"{r['setting']}__seed{r['seed']}.json").write_text(json.dumps(r))
+    ablation.write_report(tmp_path)
+    table = (tmp_path / "ablation.md").read_text()
+    assert "Seeds: [0, 1] (2)" in table and "(10, 4)" in table and "Evaluated on: test" in table
+    assert "| fine-tune | -1.0 | +3.0 | +1.00 | 2.00 | 1/2 |" in table
+    assert "| linear probe | +5.0 | +4.0 | +4.50 | 0.50 | 2/2 |" in table
+    assert "| full | 2 | 10 |" in table and "| 72.0 ± 4.2 |" in table
+    flat = json.loads((tmp_path / "ablation_records.json").read_text())
+    assert flat[0] == {"setting": "full", "seed": 0, "steps": 10, "batch": 4, "image_size": 16,
+                       "linear_probe_acc": 0.45, "knn_acc": 0.30, "finetune_acc": 0.69}
+    assert (tmp_path / "ablation.png").stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------------------------------- fine-tune
+def test_finetune_evaluation_random_init(class_folders, tmp_path):
+    ablation = load_ablation()
+    output = tmp_path / "out"
+    argv = ["--data_dir", str(class_folders), "--output_dir", str(output), "--settings", "random_init",
+            "--seeds", "0", "--num_workers", "0", "--probe_epochs", "20", "--config_overrides", TINY,
+            "--finetune_epochs", "3", "--finetune_batch_size", "8", "--finetune_lr", "1e-3",
+            "--eval_split", "validation"]
+    assert ablation.main(argv) == 0
+    record = json.loads((output / "results" / "random_init__seed0.json").read_text())
+    # validation: 20 % of the 19-20 train images per... stratified over 3 classes; fine-tune 3 epochs of batch 8
+    assert record["num_train"] + record["num_test"] == 18  # the 6 test images are never read
+    assert record["finetune_steps"] == 3 * math.ceil(record["num_train"] / 8)
+    assert 0.0 <= record["finetune_acc"] <= 1.0
+    assert record["finetune_recipe"]["epochs"] == 3 and record["steps"] == 0 and record["image_size"] == 16
+    assert "Fine-tune (same recipe for every setting): {'epochs': 3" in (output / "ablation.md").read_text()
+
+
+def test_finetune_leaves_the_encoder_unchanged(class_folders):
+    from artstyle import ArtStyleConfig, ArtStyleModel
+
+    ablation = load_ablation()
+    args = ablation.parse_args(["--data_dir", str(class_folders), "--output_dir", "unused", "--num_workers", "0",
+                                "--finetune_epochs", "1", "--finetune_batch_size", "8"])
+    encoder = ArtStyleModel(ArtStyleConfig.from_preset("tiny", **json.loads(TINY)))
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    splits, num_classes = ablation.evaluation_splits(args)
+    result = ablation.finetune_accuracy(encoder, splits, num_classes, args, seed=0, device="cpu")
+    assert result["finetune_steps"] == 3  # 19 train images (80 % of 24, stratified), batch 8
+    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
+
+
+def test_finetune_arguments_are_checked():
+    ablation = load_ablation()
+    for bad in (["--finetune_epochs", "-1"], ["--finetune_lr", "0"], ["--finetune_layer_decay", "1.5"]):
+        with pytest.raises(SystemExit):
+            ablation.parse_args(["--data_dir", ".", "--output_dir", "unused", *bad])
+
+
+def test_pretrained_settings_tiny_steps_paired_report(class_folders, tmp_path):
+    ablation = load_ablation()
+    output = tmp_path / "out"
+    argv = ["--data_dir", str(class_folders), "--output_dir", str(output), "--settings", "moco_v3,full",
+            "--seeds", "0", "--max_steps", "2", "--batch_size", "4", "--num_workers", "0", "--probe_epochs", "10",
+            "--config_overrides", TINY, "--finetune_epochs", "1", "--finetune_batch_size", "16"]
+    assert ablation.main(argv) == 0
+    records = json.loads((output / "ablation_records.json").read_text())
+    assert [(r["setting"], r["steps"], r["batch"]) for r in records] == [("full", 2, 4), ("moco_v3", 2, 4)]
+    assert all(0 <= r["finetune_acc"] <= 1 for r in records)
+    table = (output / "ablation.md").read_text()
+    assert "Paired difference full − moco_v3" in table and "| fine-tune |" in table
+
+
+# ---------------------------------------------------------------------------------------------- GPU script
+def test_gpu_ablation_script_dry_run_on_cpu(class_folders, tmp_path):
+    env = {**os.environ, "DATA_DIR": str(class_folders), "OUT_DIR": str(tmp_path / "gpu"), "STEPS": "2",
+           "BATCH": "4", "SEEDS": "0", "SETTINGS": "moco_v3", "PARALLEL": "1", "NUM_WORKERS": "0",
+           "FINETUNE_EPOCHS": "1", "CONFIG_OVERRIDES": TINY, "RESULTS_DIR": str(tmp_path / "results"),
+           "PYTHON": sys.executable, "EXTRA_ARGS": "--probe_epochs 5", "TIME_LIMIT": "3000"}
+    completed = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_ablation.sh")], env=env, cwd=REPO,
+                               capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
+    table = json.loads((tmp_path / "results" / "ablation_gpu.json").read_text())
+    assert [(r["setting"], r["seed"], r["steps"]) for r in table] == [("moco_v3", 0, 2)]
+    assert set(table[0]) == {"setting", "seed", "steps", "batch", "image_size", "linear_probe_acc", "knn_acc",
+                             "finetune_acc"}
+    assert (tmp_path / "results" / "ablation_gpu.md").read_text().startswith("| setting |")
+    # resumable: a second call skips the finished (setting, seed)
+    again = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_ablation.sh")], env=env, cwd=REPO,
+                           capture_output=True, text=True)
+    assert again.returncode == 0 and "skip moco_v3 seed 0" in again.stdout + again.stderr
