@@ -49,7 +49,7 @@ def read_upload(upload, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     try:
         return open_image_rgb(upload, max_pixels=max_pixels)
     except BadImageError as err:
-        detail = str(err)
+        detail = str(err).replace(os.fspath(upload), name) if isinstance(upload, (str, os.PathLike)) else str(err)
         if "exceeds the limit" in detail or "DecompressionBomb" in detail:
             reason = detail.split(": ", 1)[-1]
             raise ValueError(f"The image {name} is too large to analyse (limit {max_pixels:,} pixels): "
