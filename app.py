@@ -2,6 +2,7 @@
 
     pip install -e ".[app]"
     python app.py --model outputs/finetune --index path/to/images
+    python app.py --model outputs/finetune --index outputs/demo-collection --demo_collection  # generated images
 
 Serves on http://127.0.0.1:7860 by default (``--host 0.0.0.0`` to share it on the network; a Space sets
 ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` itself). Runs offline on CPU. The logic lives in
@@ -26,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder of images to search, indexed (recursively) at start; can also be set in the page")
     parser.add_argument("--index_dir", default=None,
                         help="where the index is kept (default: <index>/.artstyle-index, shared with artstyle-similar)")
+    parser.add_argument("--demo_collection", action="store_true",
+                        help="fill --index with generated demo images (8 per style) when it holds no images yet")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--max_pixels", type=int, default=None,
@@ -41,8 +44,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from artstyle.app_support import DEFAULT_MAX_PIXELS, StyleApp, build_interface
+    from artstyle.app_support import DEFAULT_MAX_PIXELS, StyleApp, build_interface, write_demo_collection
 
+    if args.demo_collection:
+        if not args.index:
+            print("app.py: error: --demo_collection needs --index FOLDER (where to write the images)", file=sys.stderr)
+            return 2
+        write_demo_collection(args.index)
     try:
         app, report = StyleApp.from_paths(args.model, args.index, args.index_dir,
                                           max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)

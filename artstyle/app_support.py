@@ -239,6 +239,26 @@ def caption_for(relative_path: str, score: float) -> str:
     return f"{label} · {relative_path} · {score:.3f}"
 
 
+def write_demo_collection(folder: str | os.PathLike, per_style: int = 8, seed: int = 123,
+                          image_size: int = 96) -> int:
+    """Fill ``folder/<style>/`` with generated demo images (`artstyle.data.demo`; seed 123, not the demo dataset's
+    seed 0, so these are new images) unless it already holds images; returns the number written."""
+    from artstyle.data.demo import DEMO_STYLES, render_demo_image
+    from artstyle.search import list_images
+
+    folder = Path(folder)
+    if per_style < 1:
+        raise ValueError(f"per_style must be >= 1, got {per_style}")
+    if folder.is_dir() and list_images(folder):
+        return 0
+    for style in DEMO_STYLES:
+        (folder / style).mkdir(parents=True, exist_ok=True)
+        for index in range(per_style):
+            image = render_demo_image(style, seed=seed, index=index, image_size=image_size)
+            image.save(folder / style / f"{index:02d}.png")
+    return per_style * len(DEMO_STYLES)
+
+
 # ---------------------------------------------------------------------------------------------- page logic
 @dataclass
 class PageResult:
@@ -343,8 +363,13 @@ def _image_input(gr, **kwargs):
     return image
 
 
-def build_interface(app: StyleApp, index_report: str = "", index_folder: str | None = None):
-    """The Gradio page (``gr.Blocks``) wired to ``app``'s handlers."""
+def build_interface(app: StyleApp, index_report: str = "", index_folder: str | None = None,
+                    editable_index: bool = True):
+    """The Gradio page (``gr.Blocks``) wired to ``app``'s handlers.
+
+    ``editable_index`` False hides the folder box and the refresh button (a public Space should not let visitors
+    index arbitrary folders of the server).
+    """
     import gradio as gr
 
     with gr.Blocks(title="artstyle: see style") as page:
@@ -365,7 +390,7 @@ def build_interface(app: StyleApp, index_report: str = "", index_folder: str | N
                 gram = gr.Plot(label="Learned Gram matrix", elem_id="gram-plot", format="png")
         gallery_note = gr.Markdown(elem_id="gallery-note")
         gallery = gr.Gallery(label="Most similar in the collection", elem_id="gallery", columns=8, height="auto")
-        with gr.Row():
+        with gr.Row(visible=editable_index, elem_id="index-controls"):
             folder = gr.Textbox(value=index_folder or "", label="Collection folder (indexed recursively)", scale=4,
                                 elem_id="index-folder")
             refresh = gr.Button("Build / refresh index", scale=1, elem_id="refresh-index")
@@ -392,4 +417,5 @@ __all__ = [
     "build_interface",
     "caption_for",
     "read_upload",
+    "write_demo_collection",
 ]

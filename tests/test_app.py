@@ -250,3 +250,20 @@ def test_interface_builds_with_the_stock_image_front_end(models):
     assert image_input.get_block_name() == "image"
     assert image_input.preprocess(None) is None
     assert not (REPO / "artstyle" / "app_support.pyi").exists()  # no Gradio stub written next to the source
+    locked = build_interface(app, report, editable_index=False)
+    locked_blocks = {getattr(block, "elem_id", None): block for block in locked.blocks.values()}
+    assert locked_blocks["index-controls"].visible is False and blocks["index-controls"].visible is True
+
+
+def test_demo_collection_is_written_once_per_style(tmp_path):
+    from artstyle.app_support import write_demo_collection
+    from artstyle.data.demo import DEMO_STYLES, render_demo_image
+
+    folder = tmp_path / "demo"
+    assert write_demo_collection(folder, per_style=2, image_size=40) == 2 * len(DEMO_STYLES)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(DEMO_STYLES)
+    expected = render_demo_image(DEMO_STYLES[1], seed=123, index=1, image_size=40)
+    np.testing.assert_array_equal(np.asarray(Image.open(folder / DEMO_STYLES[1] / "01.png")), np.asarray(expected))
+    assert write_demo_collection(folder, per_style=2) == 0  # a folder with images is left alone
+    with pytest.raises(ValueError, match="per_style"):
+        write_demo_collection(tmp_path / "other", per_style=0)
