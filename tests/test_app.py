@@ -267,3 +267,19 @@ def test_demo_collection_is_written_once_per_style(tmp_path):
     assert write_demo_collection(folder, per_style=2) == 0  # a folder with images is left alone
     with pytest.raises(ValueError, match="per_style"):
         write_demo_collection(tmp_path / "other", per_style=0)
+
+
+def test_space_entry_point_builds_a_locked_page(models, collection, monkeypatch):
+    import gradio as gr
+
+    monkeypatch.setenv("ARTSTYLE_MODEL", str(models["pretraining"]))
+    monkeypatch.setenv("ARTSTYLE_INDEX", str(collection))
+    spec = importlib.util.spec_from_file_location("artstyle_space_app", REPO / "spaces" / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # builds the page; launching happens only under __main__
+    assert isinstance(module.demo, gr.Blocks)
+    assert "6 images" in module.report
+    blocks = {getattr(block, "elem_id", None): block for block in module.demo.blocks.values()}
+    assert blocks["index-controls"].visible is False
+    front = (REPO / "spaces" / "README.md").read_text().split("---")[1]
+    assert "sdk: gradio" in front and "app_file: app.py" in front
