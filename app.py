@@ -58,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"app.py: error: {err}", file=sys.stderr)
         return 2
     logging.getLogger("app").info(report)
+    app.warm_up()
     page = build_interface(app, index_report=report, index_folder=args.index)
     page.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, show_error=True,
                                                    max_file_size="64mb")

@@ -233,10 +233,10 @@ class Collection:
 
 
 def caption_for(relative_path: str, score: float) -> str:
-    """``"label · path · 0.93"``: the label is the image's parent folder (class-per-folder collections)."""
+    """``"0.93 · label · path"``: the label is the image's parent folder (class-per-folder collections)."""
     parts = Path(relative_path).parts
     label = parts[-2] if len(parts) > 1 else "—"
-    return f"{label} · {relative_path} · {score:.3f}"
+    return f"{score:.3f} · {label} · {relative_path}"
 
 
 def write_demo_collection(folder: str | os.PathLike, per_style: int = 8, seed: int = 123,
@@ -295,6 +295,10 @@ class StyleApp:
         report = app.refresh_index(index) if index else "No collection indexed yet."
         return app, report
 
+    def warm_up(self) -> None:
+        """Analyse a blank image once (lazy imports, first-call allocations), so the first visitor waits less."""
+        self.analyze(Image.new("RGB", (64, 64), (128, 128, 128)))
+
     def refresh_index(self, folder: str | None) -> str:
         try:
             return self.collection.refresh(folder or "")
@@ -316,7 +320,8 @@ class StyleApp:
         notes = []
         label = None
         if analysis.probabilities is None:
-            notes.append("**Embedding only**: " + self.analyzer.model_note)
+            notes.append(f"**Embedding only**: `{self.analyzer.source}` holds a `{self.analyzer.architecture}` "
+                         f"with no classifier.")
         else:
             label = dict(list(analysis.probabilities.items())[: max(1, int(top_k))])
             best, probability = next(iter(analysis.probabilities.items()))
@@ -389,7 +394,8 @@ def build_interface(app: StyleApp, index_report: str = "", index_folder: str | N
                 fusion = gr.Plot(label="Attention fusion over layers", elem_id="fusion-plot", format="png")
                 gram = gr.Plot(label="Learned Gram matrix", elem_id="gram-plot", format="png")
         gallery_note = gr.Markdown(elem_id="gallery-note")
-        gallery = gr.Gallery(label="Most similar in the collection", elem_id="gallery", columns=8, height="auto")
+        gallery = gr.Gallery(label="Most similar in the collection (similarity · label · path)", elem_id="gallery",
+                             columns=8, height=250)
         with gr.Row(visible=editable_index, elem_id="index-controls"):
             folder = gr.Textbox(value=index_folder or "", label="Collection folder (indexed recursively)", scale=4,
                                 elem_id="index-folder")

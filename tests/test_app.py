@@ -94,9 +94,9 @@ def test_classifier_page_shows_probabilities_fusion_gram_and_neighbours(models, 
 
     assert len(result.gallery) == 3
     thumbnail, caption = result.gallery[0]
-    assert caption.startswith("pixel_mosaic · pixel_mosaic/1.png · 1.000")  # the query itself is in the collection
+    assert caption == "1.000 · pixel_mosaic · pixel_mosaic/1.png"  # the query itself is in the collection
     np.testing.assert_array_equal(np.asarray(thumbnail), np.asarray(image))
-    scores = [float(c.rsplit("·", 1)[1]) for _, c in result.gallery]
+    scores = [float(c.split(" · ")[0]) for _, c in result.gallery]
     assert scores == sorted(scores, reverse=True)
 
 
