@@ -206,7 +206,7 @@ class Collection:
             index.save(index_dir)
         except OSError as err:
             saved = f" (not saved: cannot write {index_dir}: {err.strerror or err})"
-        self.folder, self.index = folder.resolve(), index
+        self.folder, self.index = folder, index  # as typed: the page shows no more of the server's paths
         failed = f", {len(report.failed)} unreadable files skipped" if report.failed else ""
         if len(index) == 0:
             return f"The index of `{folder}` is **empty**: no readable images found{failed}."
