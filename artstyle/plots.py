@@ -287,7 +287,8 @@ def embedding_map_figure(embeddings, labels, class_names: Sequence[str], *, meth
     ax.legend(fontsize=7, loc="best", markerscale=1.5)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(title or f"Style embeddings ({method.upper()}, {len(points)} images)", fontsize=10)
+    method_name = {"pca": "PCA", "tsne": "t-SNE"}[method]
+    ax.set_title(title or f"Style embeddings ({method_name}, {len(points)} images)", fontsize=10)
     fig.tight_layout()
     return fig, coords
 
