@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import tiny_config
+from conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 STYLES = ["pointillist", "flat_poster", "pixel_mosaic"]

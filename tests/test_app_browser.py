@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
-from tests.test_app import STYLES, make_collection, reference_outputs, save_model
+from test_app import STYLES, make_collection, reference_outputs, save_model
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
