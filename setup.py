@@ -32,7 +32,12 @@ setup(
         "requests",
         "filelock>=3.0",
     ],
-    extras_require={"dev": ["pytest", "ruff"]},
+    extras_require={
+        # the browser app (app.py); selenium drives Debian's chromium + chromium-driver in its browser test
+        "app": ["gradio>=6.0,<7", "selenium>=4.11"],
+        # dev includes the app extra: the README's test command runs the app's tests, which fail without it
+        "dev": ["pytest", "ruff", "gradio>=6.0,<7", "selenium>=4.11"],
+    },
     entry_points={
         "console_scripts": [
             "artstyle-pretrain=run_pretrain:cli",
