@@ -182,6 +182,18 @@ def test_in_batch_soft_contrast_with_offset_and_uneven_process_batches(mode, alp
     assert abs(refs.soft_in_batch(q, keys[0:3], keys, 0, 0.2, 0.1, alpha, mode) - expected) > 1e-3
 
 
+def test_queue_of_one_negative_and_empty_queue():
+    # found by mutmut: a one-key queue is still a queue, an empty one falls back to in-batch negatives
+    rng = np.random.default_rng(1)
+    q, p, n = (r / np.linalg.norm(r, axis=1, keepdims=True) for r in rng.normal(size=(3, 4, 8)))
+    loss = SoftContrastiveLoss(0.2, 0.1, 0.5)(torch.tensor(q), torch.tensor(p), negatives=torch.tensor(n[:1]))
+    logits = np.stack([(q * p).sum(1), q @ n[0]], axis=1) / 0.2
+    log_prob = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    assert loss.item() == pytest.approx(-(0.5 * log_prob).sum(1).mean(), rel=1e-5)  # target [0.5, 0.5]
+    empty = SoftContrastiveLoss(0.2, 0.1, 0.5)(torch.tensor(q), torch.tensor(p), negatives=torch.tensor(n[:0]))
+    assert empty.item() == pytest.approx(refs.soft_in_batch(q, p, p, 0, 0.2, 0.1, 0.5, "soft"), rel=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------- teacher EMA
 def test_ema_updates_every_teacher_twin_and_only_those():
     model = ArtStyleForPretraining(tiny_config()).train()
