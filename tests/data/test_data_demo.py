@@ -1,10 +1,9 @@
-"""The procedural demo dataset: styles, counts, splits, determinism, cache, speed."""
-
-import time
+"""The procedural demo dataset: styles, counts, splits, determinism, cache."""
 
 import datasets
 import numpy as np
 import pytest
+from PIL import Image
 
 import artstyle.data.demo as demo
 from artstyle.data import DEMO_STYLES, load_style_dataset, render_demo_image
@@ -72,9 +71,27 @@ def test_demo_bad_options(tmp_path):
         render_demo_image("cubism", 0, 0)
 
 
-def test_demo_default_build_is_fast(tmp_path):
-    start = time.perf_counter()
-    ds = load_style_dataset("demo", cache_dir=tmp_path)  # the default: 1,200 images at 64 px
-    elapsed = time.perf_counter() - start
+def test_demo_default_build_renders_each_image_once_and_reuses_the_cache(tmp_path, monkeypatch):
+    calls = []
+
+    def stub(style, seed, index, image_size=64):  # a cheap image that says which (index, style) it is
+        calls.append((style, seed, index, image_size))
+        pixels = np.zeros((image_size, image_size, 3), np.uint8)
+        pixels[..., 0], pixels[..., 1], pixels[..., 2] = index // 256, index % 256, DEMO_STYLES.index(style)
+        return Image.fromarray(pixels)
+
+    monkeypatch.setattr(demo, "render_demo_image", stub)
+    ds = load_style_dataset("demo", cache_dir=tmp_path)  # the defaults: 1,200 images at 64 px, seed 0
     assert {k: v.num_rows for k, v in ds.items()} == {"train": 840, "validation": 180, "test": 180}
-    assert elapsed < 30, f"demo build took {elapsed:.1f} s"
+    assert sorted(index for _, _, index, _ in calls) == list(range(1200))  # every image rendered exactly once
+    assert {(seed, size) for _, seed, _, size in calls} == {(0, 64)}
+    seen = []
+    for split in ds.values():
+        for row in split:
+            first = np.asarray(row["image"])[0, 0]
+            assert first[2] == row["label"]  # the row's label is the style it was rendered in
+            seen.append(int(first[0]) * 256 + int(first[1]))
+    assert sorted(seen) == list(range(1200))  # splits are disjoint and cover every image
+    calls.clear()
+    again = load_style_dataset("demo", cache_dir=tmp_path)
+    assert calls == [] and again["test"]["label"] == ds["test"]["label"]  # the cache is reused, nothing re-rendered
