@@ -1,4 +1,9 @@
-"""Training utilities shared by ``run_pretrain.py`` and ``run_finetune.py``."""
+"""Training utilities shared by ``run_pretrain.py`` and ``run_finetune.py``.
+
+`arguments` (command-line plumbing, config from preset + overrides), `scaffold` (accelerator, logging,
+output folders, final save and push), `checkpoint` (crash-safe training states), `data` (seeded order and
+augmentations), `optim` (parameter groups, AdamW / LARS), `schedules` (per-step schedules).
+"""
 
 from .checkpoint import (
     CHECKPOINT_PREFIX,
@@ -15,7 +20,9 @@ from .optim import (
     LARS,
     NO_DECAY_KEYWORDS,
     build_optimizer,
+    layer_decay_param_groups,
     param_groups_no_decay,
+    set_learning_rate,
     set_optimizer_values,
     split_decay_parameters,
 )
@@ -31,6 +38,7 @@ __all__ = [
     "build_optimizer",
     "cosine_lr",
     "item_seed",
+    "layer_decay_param_groups",
     "latest_checkpoint",
     "list_checkpoints",
     "momentum_schedule",
@@ -40,6 +48,7 @@ __all__ = [
     "rotate_checkpoints",
     "save_checkpoint",
     "seeded_rng",
+    "set_learning_rate",
     "set_optimizer_values",
     "split_decay_parameters",
     "weight_decay_schedule",
