@@ -33,7 +33,7 @@ def tiny_args(tmp_path, out="out", *extra, steps=4, batch=8, num_images=48):
         "--output_dir", str(tmp_path / out),
         "--per_device_train_batch_size", str(batch),
         "--max_train_steps", str(steps),
-        "--num_workers", "0",
+        "--dataloader_num_workers", "0",
         "--report_to", "none",
         "--seed", "0",
         "--deterministic",
@@ -68,7 +68,7 @@ def test_help_lists_hf_argument_names(capsys):
     for name in ("--output_dir", "--per_device_train_batch_size", "--num_train_epochs", "--max_train_steps",
                  "--learning_rate", "--weight_decay", "--gradient_accumulation_steps", "--checkpointing_steps",
                  "--resume_from_checkpoint", "--seed", "--mixed_precision", "--report_to", "--push_to_hub",
-                 "--hub_model_id", "--config_preset", "--augmentation", "--weight_gram", "--num_workers"):
+                 "--hub_model_id", "--config_preset", "--augmentation", "--dataloader_num_workers", "--eval_every", "--torch_compile"):
         assert name in text
 
 
@@ -260,7 +260,7 @@ def test_bad_images_are_skipped_and_counted(tmp_path):
     args[args.index("--dataset_options") + 1] = json.dumps({"cache_dir": str(tmp_path / "cache"),
                                                              "validation_size": 0.0})
     args[args.index("--report_to") + 1] = "tensorboard"
-    results = main([*args, "--dataset", "imagefolder", "--data_dir", str(tmp_path / "images"),
+    results = main([*args, "--dataset_name", "imagefolder", "--data_dir", str(tmp_path / "images"),
                     "--num_train_epochs", "1", "--max_train_steps", "4", "--hub_token", "hf_SECRET"])
     assert results["train_steps"] == 4
     assert results["skipped_images"] == 3

@@ -14,8 +14,9 @@ from .checkpoint import (
     resolve_resume_checkpoint,
     rotate_checkpoints,
     save_checkpoint,
+    state_checksums,
 )
-from .data import EpochSeededSampler, SeededItems, item_seed, seeded_rng
+from .data import EpochSeededSampler, SeededItems, item_seed, seeded_dataloader, seeded_rng, set_data_epoch
 from .optim import (
     LARS,
     NO_DECAY_KEYWORDS,
@@ -47,9 +48,12 @@ __all__ = [
     "resolve_resume_checkpoint",
     "rotate_checkpoints",
     "save_checkpoint",
+    "seeded_dataloader",
     "seeded_rng",
+    "set_data_epoch",
     "set_learning_rate",
     "set_optimizer_values",
     "split_decay_parameters",
+    "state_checksums",
     "weight_decay_schedule",
 ]

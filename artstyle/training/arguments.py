@@ -53,9 +53,11 @@ class ScriptArgumentParser(HfArgumentParser):
     them from a single ``.json`` file argument, as the Hugging Face examples do).
     """
 
-    def __init__(self, dataclass_types, renames: Mapping[str, str] | None = None, **kwargs):
+    def __init__(self, dataclass_types, renames: Mapping[str, str] | None = None,
+                 config_flags: Sequence[str] = (), **kwargs):
         super().__init__(dataclass_types, **kwargs)
         self.renames = dict(renames or {})
+        self.config_flags = tuple(config_flags)  # former ``--<field> VALUE`` flags, now --config_overrides fields
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -64,7 +66,34 @@ class ScriptArgumentParser(HfArgumentParser):
         argv = list(sys.argv[1:] if argv is None else argv)
         if len(argv) == 1 and argv[0].endswith(".json"):
             return self.parse_json_file(json_file=os.path.abspath(argv[0]))
-        return self.parse_args_into_dataclasses(args=rename_deprecated_flags(argv, self.renames))
+        argv, overrides = self._pop_config_flags(rename_deprecated_flags(argv, self.renames))
+        outputs = self.parse_args_into_dataclasses(args=argv)
+        if overrides:
+            holder = next(o for o in outputs if hasattr(o, "config_overrides"))
+            holder.config_overrides = json.dumps({**parse_overrides(holder.config_overrides), **overrides})
+        return outputs
+
+    def _pop_config_flags(self, argv: list[str]) -> tuple[list[str], dict]:
+        """Take ``--<field> VALUE`` of the former config flags out of ``argv`` as overrides (with a warning)."""
+        rest, overrides, i = [], {}, 0
+        while i < len(argv):
+            name, sep, value = argv[i].partition("=")
+            field = name[2:] if name.startswith("--") else None
+            if field in self.config_flags:
+                if not sep:
+                    if i + 1 >= len(argv):
+                        self.error(f"argument {name}: expected one argument")
+                    value, i = argv[i + 1], i + 1
+                try:
+                    overrides[field] = json.loads(value)
+                except json.JSONDecodeError:
+                    self.error(f"argument {name}: invalid value {value!r}")
+                warnings.warn(f"{name} is deprecated, use --config_overrides {field}={value}", FutureWarning,
+                              stacklevel=3)
+            else:
+                rest.append(argv[i])
+            i += 1
+        return rest, overrides
 
 
 def run_cli(main: Callable[[list[str] | None], Any], prog: str, argv: list[str] | None = None) -> Any:
