@@ -97,7 +97,7 @@ def demo_options(tmp_path_factory):
 def finetuned(tmp_path_factory, demo_options):
     output = tmp_path_factory.mktemp("finetune")
     results = run_finetune.main([
-        "--model_name_or_path", "none", "--config_preset", "tiny", "--backbone_depth", "2", "--image_size", "32",
+        "--model_name_or_path", "none", "--config_preset", "tiny", "--config_overrides", "backbone_depth=2,image_size=32",
         "--dataset_options", demo_options, "--output_dir", str(output), "--max_train_steps", "2",
         "--per_device_train_batch_size", "7", "--per_device_eval_batch_size", "16", "--warmup_epochs", "0",
         "--mixup", "0.8", "--cutmix", "1.0", "--gradient_accumulation_steps", "2",
@@ -110,7 +110,7 @@ def test_finetune_writes_the_expected_files(finetuned):
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "all_results.json",
                  "confusion_matrix.png", "per_class_accuracy.png", "README.md"):
         assert (output / name).is_file(), name
-    assert (output / "checkpoints" / "last" / "model.safetensors").is_file()
+    assert (output / "last_epoch" / "model.safetensors").is_file()
     written = json.loads((output / "all_results.json").read_text())
     assert written["train_steps"] == 2 and written["mode"] == "finetune"
     for key in ("eval_accuracy", "eval_macro_f1", "eval_mean_average_precision", "test_accuracy"):
@@ -183,7 +183,7 @@ def test_multi_label_evaluation(monkeypatch, tmp_path, multi_hot_train):
 
     monkeypatch.setattr(artstyle.data, "load_style_dataset", lambda *a, **k: _multi_label_dataset(multi_hot_train))
     results = run_finetune.main([
-        "--model_name_or_path", "none", "--backbone_depth", "2", "--image_size", "32", "--output_dir", str(tmp_path),
+        "--model_name_or_path", "none", "--config_overrides", "backbone_depth=2,image_size=32", "--output_dir", str(tmp_path),
         "--max_train_steps", "1", "--per_device_train_batch_size", "4", "--warmup_epochs", "0",
     ])
     assert results["eval_split"] == "test"

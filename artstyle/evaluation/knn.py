@@ -9,7 +9,7 @@ from torch import nn
 
 from .features import extract_features
 
-__all__ = ["knn_accuracy", "knn_classify"]
+__all__ = ["knn_accuracy", "knn_classify", "knn_scores"]
 
 
 @torch.no_grad()
@@ -58,9 +58,16 @@ def knn_accuracy(model: nn.Module, train_loader, eval_loader, num_classes: int, 
     """Top-1 accuracy of `knn_classify` on ``eval_loader``'s features against ``train_loader``'s
     (``pooler_output`` of ``model``'s encoder, in eval mode; the model's mode is restored). Uses no
     global random state, so calling it between training steps leaves training unchanged."""
-    train_features, train_labels = extract_features(model, train_loader)
-    features, labels = extract_features(model, eval_loader)
-    if train_labels is None or labels is None:
+    scores, labels = knn_scores(model, train_loader, eval_loader, num_classes, k=k, temperature=temperature)
+    if labels is None:
         raise ValueError("knn_accuracy: the dataloaders must give labels")
-    scores = knn_classify(train_features, train_labels, features, num_classes, k=k, temperature=temperature)
     return float((scores.argmax(dim=1) == labels.long()).float().mean())
+
+
+def knn_scores(model: nn.Module, train_loader, eval_loader, num_classes: int, accelerator=None, k: int = 20,
+               temperature: float = 0.07) -> tuple[torch.Tensor, torch.Tensor]:
+    """`knn_classify` scores of ``eval_loader``'s frozen ``pooler_output`` features against ``train_loader``'s,
+    with the references: ``(scores [M, num_classes], labels [M] or [M, num_classes])``."""
+    train_features, train_labels = extract_features(model, train_loader, accelerator)
+    features, references = extract_features(model, eval_loader, accelerator)
+    return knn_classify(train_features, train_labels, features, num_classes, k=k, temperature=temperature), references

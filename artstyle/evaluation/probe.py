@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["train_linear_probe"]
+from .features import extract_features
+
+__all__ = ["fit_linear_probe", "train_linear_probe"]
 
 
 def train_linear_probe(
@@ -61,3 +63,17 @@ def train_linear_probe(
         folded.weight.copy_(layer.weight / std)
         folded.bias.copy_(layer.bias - (layer.weight * (mean / std)).sum(dim=1))
     return folded
+
+
+def fit_linear_probe(model: nn.Module, train_loader, accelerator, num_classes: int, *, multi_label: bool = False,
+                     seed: int = 0, **probe_kwargs) -> nn.Linear:
+    """Freeze ``model``, extract its training features once, fit `train_linear_probe` and copy the head into
+    ``model.classifier`` (the encoder's weights stay unchanged); returns the head."""
+    model.requires_grad_(False)
+    features, labels = extract_features(model, train_loader, accelerator)
+    head = train_linear_probe(features, labels, num_classes, multi_label=multi_label, seed=seed, **probe_kwargs)
+    classifier = accelerator.unwrap_model(model).classifier
+    with torch.no_grad():
+        classifier.weight.copy_(head.weight.to(classifier.weight))
+        classifier.bias.copy_(head.bias.to(classifier.bias))
+    return head

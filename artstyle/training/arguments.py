@@ -140,7 +140,7 @@ def parse_overrides(value: str | None) -> dict:
 
 def check_config_fields(overrides: Mapping[str, Any]) -> None:
     """Raise ``ValueError`` naming every override that is not an `ArtStyleConfig` field."""
-    known = ArtStyleConfig().to_dict()
+    known = {*ArtStyleConfig().to_dict(), "num_labels"}
     unknown = sorted(key for key in overrides if key not in known)
     if unknown:
         raise ValueError(f"--config_overrides: unknown config field(s) {unknown}")
