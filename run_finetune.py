@@ -5,9 +5,8 @@ In the manner of Hugging Face's ``run_image_classification_no_trainer.py``, spli
     python run_finetune.py                                   # demo data, from outputs/pretrain
     python run_finetune.py --linear_probe                    # frozen encoder, linear head
     python run_finetune.py --knn                             # weighted kNN on frozen features (DINO)
-    python run_finetune.py --model_name_or_path none --config_preset tiny   # from scratch
+    python run_finetune.py --model_name_or_path none --config_overrides backbone_depth=2   # from scratch
     accelerate launch run_finetune.py --dataset_name pandora18k --data_dir /data/pandora18k ...
-    python run_finetune.py --model_name_or_path none --config_overrides backbone_depth=2,image_size=32
 
 Modes:
 - full fine-tune (default): layer-wise LR decay (timm), mixup / cutmix with label smoothing (timm),
@@ -18,10 +17,8 @@ Modes:
 - ``--knn``: weighted kNN (k=20, T=0.07) of evaluation features against training features; only
   metrics are written (no model).
 
-Evaluation uses ``validation`` for model selection when the dataset has it (else ``test``) and
-reports the ``test`` split at the end. Where the evaluation split has a multi-hot column
-(``--multi_label_column``, e.g. the AVA style test split) the multi-label metrics are used; where the
-*training* label column itself is multi-hot, the model is trained multi-label (BCE).
+Splits and label columns: see `artstyle.evaluation.load_labelled_splits` (``validation`` selects the
+model where present, else ``test``; multi-hot columns use the multi-label protocol).
 
 Outputs in ``output_dir``: the model (``save_pretrained`` + image processor), ``all_results.json``,
 ``confusion_matrix.png``, ``per_class_accuracy.png``, a model card ``README.md``.
@@ -61,6 +58,7 @@ from artstyle.training.arguments import (
     ScriptArgumentParser,
     build_config,
     check_config_fields,
+    check_data_source,
     parse_json_option,
     parse_overrides,
     run_cli,
@@ -204,15 +202,11 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, train_ar
         check_model_source(model_args.model_name_or_path)
     if train_args.metric_for_best_model not in SCALAR_METRICS:
         raise ValueError(f"--metric_for_best_model must be one of {SCALAR_METRICS}")
-    for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
-                 "gradient_accumulation_steps", "knn_k", "probe_epochs", "logging_steps"):
-        if getattr(train_args, name) < 1:
-            raise ValueError(f"--{name} must be >= 1, got {getattr(train_args, name)}")
-    for name in ("learning_rate", "knn_temperature", "probe_learning_rate"):
-        if getattr(train_args, name) <= 0:
+    for name in ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size", "max_train_steps",
+                 "gradient_accumulation_steps", "knn_k", "probe_epochs", "logging_steps", "learning_rate",
+                 "knn_temperature", "probe_learning_rate"):
+        if getattr(train_args, name) is not None and getattr(train_args, name) <= 0:
             raise ValueError(f"--{name} must be > 0, got {getattr(train_args, name)}")
-    if train_args.max_train_steps is not None and train_args.max_train_steps < 1:
-        raise ValueError(f"--max_train_steps must be >= 1, got {train_args.max_train_steps}")
     if not 0 < train_args.layer_decay <= 1:
         raise ValueError(f"--layer_decay must be in (0, 1], got {train_args.layer_decay}")
     if not 0 <= train_args.label_smoothing < 1:
@@ -224,8 +218,9 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, train_ar
     if data_args.dataloader_num_workers < 0:
         raise ValueError(f"--dataloader_num_workers must be >= 0, got {data_args.dataloader_num_workers}")
     parse_json_option(data_args.dataset_options, "dataset_options")
+    check_data_source(data_args.dataset_name, data_args.data_dir)
     if train_args.mixed_precision not in ("auto", "no", "fp16", "bf16"):
-        raise ValueError(f"--mixed_precision must be auto, no, fp16 or bf16, got {train_args.mixed_precision!r}")
+        raise ValueError(f"--mixed_precision must be one of auto, no, fp16, bf16, got {train_args.mixed_precision!r}")
     if train_args.push_to_hub and not train_args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id")
 

@@ -42,7 +42,13 @@ from artstyle.training import (
     state_checksums,
     weight_decay_schedule,
 )
-from artstyle.training.arguments import ScriptArgumentParser, parse_json_option, parse_overrides, run_cli
+from artstyle.training.arguments import (
+    ScriptArgumentParser,
+    check_data_source,
+    parse_json_option,
+    parse_overrides,
+    run_cli,
+)
 from artstyle.training.arguments import build_config as build_config_from
 from artstyle.training.pretrain_loop import LOSS_TERMS, PretrainLoop
 from artstyle.training.scaffold import (
@@ -187,6 +193,7 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, train_ar
         raise ValueError(f"--dataloader_num_workers must be >= 0, got {data_args.dataloader_num_workers}")
     for name in ("dataset_options", "augmentation_options"):
         parse_json_option(getattr(data_args, name), name)
+    check_data_source(data_args.dataset_name, data_args.data_dir)
     build_config(model_args)
 
 

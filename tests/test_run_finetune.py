@@ -97,7 +97,8 @@ def demo_options(tmp_path_factory):
 def finetuned(tmp_path_factory, demo_options):
     output = tmp_path_factory.mktemp("finetune")
     results = run_finetune.main([
-        "--model_name_or_path", "none", "--config_preset", "tiny", "--config_overrides", "backbone_depth=2,image_size=32",
+        "--model_name_or_path", "none", "--config_preset", "tiny",
+        "--config_overrides", "backbone_depth=2,image_size=32",
         "--dataset_options", demo_options, "--output_dir", str(output), "--max_train_steps", "2",
         "--per_device_train_batch_size", "7", "--per_device_eval_batch_size", "16", "--warmup_epochs", "0",
         "--mixup", "0.8", "--cutmix", "1.0", "--gradient_accumulation_steps", "2",
@@ -183,7 +184,8 @@ def test_multi_label_evaluation(monkeypatch, tmp_path, multi_hot_train):
 
     monkeypatch.setattr(artstyle.data, "load_style_dataset", lambda *a, **k: _multi_label_dataset(multi_hot_train))
     results = run_finetune.main([
-        "--model_name_or_path", "none", "--config_overrides", "backbone_depth=2,image_size=32", "--output_dir", str(tmp_path),
+        "--model_name_or_path", "none", "--config_overrides", "backbone_depth=2,image_size=32",
+        "--output_dir", str(tmp_path),
         "--max_train_steps", "1", "--per_device_train_batch_size", "4", "--warmup_epochs", "0",
     ])
     assert results["eval_split"] == "test"

@@ -68,7 +68,8 @@ def test_help_lists_hf_argument_names(capsys):
     for name in ("--output_dir", "--per_device_train_batch_size", "--num_train_epochs", "--max_train_steps",
                  "--learning_rate", "--weight_decay", "--gradient_accumulation_steps", "--checkpointing_steps",
                  "--resume_from_checkpoint", "--seed", "--mixed_precision", "--report_to", "--push_to_hub",
-                 "--hub_model_id", "--config_preset", "--augmentation", "--dataloader_num_workers", "--eval_every", "--torch_compile"):
+                 "--hub_model_id", "--config_preset", "--augmentation", "--dataloader_num_workers", "--eval_every",
+                 "--torch_compile", "--dataset_name", "--with_tracking", "--hub_private_repo"):
         assert name in text
 
 

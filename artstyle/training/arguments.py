@@ -26,6 +26,7 @@ __all__ = [
     "ScriptArgumentParser",
     "build_config",
     "check_config_fields",
+    "check_data_source",
     "parse_json_option",
     "parse_overrides",
     "rename_deprecated_flags",
@@ -136,6 +137,17 @@ def parse_overrides(value: str | None) -> dict:
         except json.JSONDecodeError:
             overrides[key.strip()] = raw
     return overrides
+
+
+LOCAL_DATASETS = ("imagefolder", "pandora18k", "ava", "flickr")  # read from --data_dir
+
+
+def check_data_source(dataset_name: str, data_dir: str | None) -> None:
+    """``--data_dir`` must exist when given, and is required by the local datasets."""
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        raise FileNotFoundError(f"--data_dir {data_dir!r}: no such folder")
+    if data_dir is None and dataset_name in LOCAL_DATASETS:
+        raise ValueError(f"--dataset_name {dataset_name} needs --data_dir (the folder of the dataset)")
 
 
 def check_config_fields(overrides: Mapping[str, Any]) -> None:
