@@ -68,7 +68,9 @@ class ScriptArgumentParser(HfArgumentParser):
         if len(argv) == 1 and argv[0].endswith(".json"):
             return self.parse_json_file(json_file=os.path.abspath(argv[0]))
         argv, overrides = self._pop_config_flags(rename_deprecated_flags(argv, self.renames))
-        outputs = self.parse_args_into_dataclasses(args=argv)
+        *outputs, remaining = self.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+        if remaining:
+            self.error(f"unrecognized arguments: {' '.join(remaining)}")
         if overrides:
             holder = next(o for o in outputs if hasattr(o, "config_overrides"))
             holder.config_overrides = json.dumps({**parse_overrides(holder.config_overrides), **overrides})
@@ -98,11 +100,11 @@ class ScriptArgumentParser(HfArgumentParser):
 
 
 def run_cli(main: Callable[[list[str] | None], Any], prog: str, argv: list[str] | None = None) -> Any:
-    """Run ``main(argv)``; a ``ValueError`` / ``FileNotFoundError`` (bad input) becomes one line on stderr
-    (``<prog>: error: ...``) and exit code 2, without a traceback."""
+    """Run ``main(argv)``; a ``ValueError`` or ``OSError`` (bad input: missing files, a model neither local nor
+    on the Hub) becomes one line on stderr (``<prog>: error: ...``) and exit code 2, without a traceback."""
     try:
         return main(argv)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         message = " ".join(str(err).split())
         print(f"{prog}: error: {message}", file=sys.stderr)
         sys.exit(2)
