@@ -55,6 +55,7 @@ from artstyle.evaluation import (
 from artstyle.plots import plot_confusion_matrix, plot_per_class_accuracy
 from artstyle.training import TrainingState, layer_decay_param_groups
 from artstyle.training.arguments import (
+    DEPRECATED_FLAGS,
     ScriptArgumentParser,
     build_config,
     check_config_fields,
@@ -76,9 +77,6 @@ from artstyle.training.scaffold import (
 logger = logging.getLogger("run_finetune")
 
 CONFIG_PRESETS = ("tiny", "vit_small", "vit_base")
-# former flag -> current flag (the old names still work, with a FutureWarning)
-DEPRECATED_FLAGS = {"--dataset": "--dataset_name", "--num_workers": "--dataloader_num_workers",
-                    "--hub_private": "--hub_private_repo"}
 # former config flags -> --config_overrides fields
 DEPRECATED_CONFIG_FLAGS = ("backbone_depth", "image_size", "drop_path_rate")
 FINETUNE_CONFIG_DEFAULTS = {"drop_path_rate": 0.1}  # applied unless --config_overrides sets them

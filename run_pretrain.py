@@ -43,6 +43,7 @@ from artstyle.training import (
     weight_decay_schedule,
 )
 from artstyle.training.arguments import (
+    DEPRECATED_FLAGS,
     ScriptArgumentParser,
     check_data_source,
     parse_json_option,
@@ -66,9 +67,6 @@ from artstyle.transforms import build_eval_transform, build_ssl_transform
 logger = get_logger(__name__)
 __all__ = ["LOSS_TERMS", "main", "parse_args", "schedule_values", "training_lengths"]
 
-# former flag -> current flag (the old names still work, with a FutureWarning)
-DEPRECATED_FLAGS = {"--dataset": "--dataset_name", "--num_workers": "--dataloader_num_workers",
-                    "--hub_private": "--hub_private_repo"}
 # former config flags -> --config_overrides fields
 DEPRECATED_CONFIG_FLAGS = ("weight_contrastive", "weight_layerwise", "weight_distill", "weight_gram")
 

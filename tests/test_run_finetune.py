@@ -196,3 +196,18 @@ def test_multi_label_evaluation(monkeypatch, tmp_path, multi_hot_train):
     expected = "multi_label_classification" if multi_hot_train else "single_label_classification"
     assert config.problem_type == expected
     assert not (tmp_path / "confusion_matrix.png").exists()
+
+
+def test_deprecated_flag_names_still_work_with_a_warning():
+    with pytest.warns(FutureWarning) as caught:
+        model_args, data_args, train_args = run_finetune.parse_args([
+            "--model_name_or_path", "none", "--dataset", "demo", "--num_workers", "2", "--hub_private",
+            "--backbone_depth", "2", "--image_size=32", "--drop_path_rate", "0.2"])
+    messages = " ".join(str(w.message) for w in caught)
+    for old, new in (("--dataset", "--dataset_name"), ("--num_workers", "--dataloader_num_workers"),
+                     ("--hub_private", "--hub_private_repo"), ("--backbone_depth", "--config_overrides")):
+        assert f"{old} is deprecated, use {new}" in messages
+    assert data_args.dataset_name == "demo" and data_args.dataloader_num_workers == 2 and train_args.hub_private_repo
+    model = run_finetune.build_model(model_args, ["a", "b"], multi_label=False)
+    config = model.config
+    assert (config.backbone_depth, config.image_size, config.drop_path_rate, config.num_labels) == (2, 32, 0.2, 2)

@@ -23,6 +23,7 @@ from transformers import HfArgumentParser
 from ..configuration_artstyle import ArtStyleConfig
 
 __all__ = [
+    "DEPRECATED_FLAGS",
     "ScriptArgumentParser",
     "build_config",
     "check_config_fields",
@@ -32,6 +33,11 @@ __all__ = [
     "rename_deprecated_flags",
     "run_cli",
 ]
+
+
+# former flag -> current flag, in both scripts (the old names still work, with a FutureWarning)
+DEPRECATED_FLAGS = {"--dataset": "--dataset_name", "--num_workers": "--dataloader_num_workers",
+                    "--hub_private": "--hub_private_repo"}
 
 
 def rename_deprecated_flags(argv: Sequence[str], renames: Mapping[str, str]) -> list[str]:
