@@ -19,8 +19,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.functional import pil_to_tensor
+from tqdm.auto import tqdm
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+from transformers.utils import logging as hf_logging
 
-from artstyle.search import default_device, list_images, load_image
+from artstyle.plots import plot_contact_sheet
+from artstyle.search import StyleEmbedder, StyleIndex, default_device, list_images, load_image, update_index
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +66,6 @@ def _configure_logging(verbose: bool) -> None:
         format="%(levelname)s %(name)s: %(message)s", level=logging.INFO if verbose else logging.WARNING
     )
     if not verbose:
-        from transformers.utils import logging as hf_logging
-
         hf_logging.disable_progress_bar()
 
 
@@ -130,8 +132,6 @@ def predict(
     ``results``: ``[{"path", "predictions": [{"label", "score"}, ...]}]`` in input order;
     ``errors``: ``[{"path", "error"}]`` for inputs that could not be read.
     """
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
-
     for name, value, low in (("--top_k", top_k, 1), ("--batch_size", batch_size, 1),
                              ("--dataloader_num_workers", num_workers, 0)):
         if value < low:
@@ -233,8 +233,6 @@ def build_similar_parser() -> argparse.ArgumentParser:
 
 def similar(args: argparse.Namespace) -> dict:
     """Run one search as described by parsed ``artstyle-similar`` arguments; returns the JSON result."""
-    from artstyle.search import StyleEmbedder, StyleIndex, update_index
-
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
     root = Path(args.index)
@@ -255,8 +253,6 @@ def similar(args: argparse.Namespace) -> dict:
     else:
         progress = None
         if args.verbose:
-            from tqdm.auto import tqdm
-
             progress = lambda batches: tqdm(batches, desc="embedding", file=sys.stderr)  # noqa: E731
         index, report = update_index(root, embedder, index, progress=progress)
         try:
@@ -291,8 +287,6 @@ def similar(args: argparse.Namespace) -> dict:
             "failed": [{"path": path, "error": error} for path, error in report.failed],
         }
     if args.contact_sheet:
-        from artstyle.plots import plot_contact_sheet
-
         cells = [
             (load_image(n["path"]), f"{n['rank']}. {Path(n['path']).name} ({n['score']:.3f})")
             for n in result["neighbours"]
