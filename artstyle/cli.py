@@ -1,7 +1,8 @@
 """Command-line tools: ``artstyle-predict`` (style classification) and ``artstyle-similar`` (style search).
 
 Both return a process exit code: 0 on success, 1 when some inputs could not be read (they are
-reported, the others are still processed), 2 for usage errors (missing model, bad arguments).
+reported, the others are still processed), 2 for usage errors (missing model, bad arguments), which
+are reported as one line on stderr.
 """
 
 from __future__ import annotations
@@ -12,8 +13,27 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.functional import pil_to_tensor
+from tqdm.auto import tqdm
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+from transformers.utils import logging as hf_logging
+
+from artstyle.plots import plot_contact_sheet
+from artstyle.search import StyleEmbedder, StyleIndex, default_device, list_images, load_image, update_index
 
 logger = logging.getLogger(__name__)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (``<prog>: error: ...``) and exit code 2, without the usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _is_url(text: str) -> bool:
@@ -22,8 +42,6 @@ def _is_url(text: str) -> bool:
 
 def expand_inputs(inputs: Sequence[str], recursive: bool = True) -> tuple[list[str], list[dict]]:
     """Files, folders (their images) and URLs -> ``(sources, errors)``; missing paths become errors."""
-    from artstyle.search import list_images
-
     sources, errors = [], []
     for item in inputs:
         path = Path(item)
@@ -39,13 +57,15 @@ def expand_inputs(inputs: Sequence[str], recursive: bool = True) -> tuple[list[s
     return sources, errors
 
 
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
 def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(
         format="%(levelname)s %(name)s: %(message)s", level=logging.INFO if verbose else logging.WARNING
     )
     if not verbose:
-        from transformers.utils import logging as hf_logging
-
         hf_logging.disable_progress_bar()
 
 
@@ -62,7 +82,7 @@ def _check_model_dir(model: str) -> None:
 
 
 def build_predict_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="artstyle-predict",
         description="Predict the style of images with a fine-tuned artstyle classifier.",
     )
@@ -72,45 +92,72 @@ def build_predict_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--top_k", type=int, default=5, help="styles shown per image (default: %(default)s)")
     parser.add_argument("--batch_size", type=int, default=16, help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--dataloader_num_workers", type=int, default=0,
+                        help="processes decoding images in parallel (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--device", default=None, help="torch device (default: accelerator if available, else cpu)")
     parser.add_argument("--verbose", action="store_true", help="log progress")
     return parser
 
 
+class _DecodedImages(Dataset):
+    """Item ``i``: ``(i, uint8 tensor [3, H, W] or None, error or None)`` for ``sources[i]`` (decoded in workers)."""
+
+    def __init__(self, sources: Sequence[str]):
+        self.sources = list(sources)
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, index: int):
+        try:
+            return index, pil_to_tensor(load_image(self.sources[index])), None
+        except (ValueError, OSError, Image.DecompressionBombError) as err:
+            return index, None, str(err)
+
+
+def _keep_items(items: list) -> list:
+    return items
+
+
 def predict(
-    sources: Sequence[str], model: str, top_k: int = 5, batch_size: int = 16, device: str | None = None
+    sources: Sequence[str], model: str, top_k: int = 5, batch_size: int = 16, device: str | None = None,
+    num_workers: int = 0,
 ) -> tuple[list[dict], list[dict]]:
     """Classify ``sources`` (paths or URLs) -> ``(results, errors)``.
 
+    Images are decoded by a DataLoader (``num_workers`` processes) into uint8 tensors and preprocessed in
+    batches by the model's fast image processor on the model's device. Scores are those of
+    ``pipeline("image-classification")``: softmax (sigmoid for multi-label models) of the logits.
     ``results``: ``[{"path", "predictions": [{"label", "score"}, ...]}]`` in input order;
     ``errors``: ``[{"path", "error"}]`` for inputs that could not be read.
     """
-    from transformers import pipeline
-
-    from artstyle.search import default_device, load_image
-
-    if top_k < 1:
-        raise ValueError(f"--top_k must be >= 1, got {top_k}")
-    if batch_size < 1:
-        raise ValueError(f"--batch_size must be >= 1, got {batch_size}")
-    classifier = pipeline("image-classification", model=model, device=device or default_device())
+    for name, value, low in (("--top_k", top_k, 1), ("--batch_size", batch_size, 1),
+                             ("--dataloader_num_workers", num_workers, 0)):
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    device = torch.device(device) if device else default_device()
+    classifier = AutoModelForImageClassification.from_pretrained(model).to(device).eval()
+    processor = AutoImageProcessor.from_pretrained(model, use_fast=True)
+    multi_label = classifier.config.problem_type == "multi_label_classification"
+    top_k = min(top_k, classifier.config.num_labels)
+    loader = DataLoader(_DecodedImages(sources), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=_keep_items)
     results, errors = [], []
-    chunk = batch_size * 8  # decode a bounded number of images at a time
-    for start in range(0, len(sources), chunk):
-        images, names = [], []
-        for source in sources[start : start + chunk]:
-            try:
-                images.append(load_image(source))
-                names.append(source)
-            except (ValueError, OSError) as err:
-                errors.append({"path": source, "error": str(err)})
-        if not images:
+    for batch in loader:
+        errors += [{"path": sources[i], "error": error} for i, _, error in batch if error is not None]
+        decoded = [(i, image) for i, image, _ in batch if image is not None]
+        if not decoded:
             continue
-        outputs = classifier(images, top_k=top_k, batch_size=batch_size)
-        for name, output in zip(names, outputs):
-            predictions = [{"label": p["label"], "score": float(p["score"])} for p in output]
-            results.append({"path": name, "predictions": predictions})
+        inputs = processor(images=[image.to(device) for _, image in decoded], return_tensors="pt")
+        with torch.no_grad():
+            logits = classifier(pixel_values=inputs["pixel_values"].to(device)).logits.float()
+        scores = logits.sigmoid() if multi_label else logits.softmax(dim=-1)
+        values, indices = scores.topk(top_k, dim=-1)
+        for (i, _), row_values, row_indices in zip(decoded, values.tolist(), indices.tolist()):
+            labels = [classifier.config.id2label[c] for c in row_indices]
+            predictions = [{"label": label, "score": v} for label, v in zip(labels, row_values)]
+            results.append({"path": sources[i], "predictions": predictions})
     return results, errors
 
 
@@ -133,10 +180,11 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
         _check_model_dir(args.model)
         sources, errors = expand_inputs(args.paths)
         results, read_errors = (
-            predict(sources, args.model, args.top_k, args.batch_size, args.device) if sources else ([], [])
+            predict(sources, args.model, args.top_k, args.batch_size, args.device, args.dataloader_num_workers)
+            if sources else ([], [])
         )
     except (ValueError, OSError) as err:  # OSError: missing files, model not found locally or on the Hub
-        print(f"artstyle-predict: error: {err}", file=sys.stderr)
+        print(f"artstyle-predict: error: {_one_line(err)}", file=sys.stderr)
         return 2
     errors += read_errors
     if args.json:
@@ -155,7 +203,7 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_similar_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="artstyle-similar",
         description=(
             "Find the images of a collection closest in style to a query image. The collection is "
@@ -185,8 +233,6 @@ def build_similar_parser() -> argparse.ArgumentParser:
 
 def similar(args: argparse.Namespace) -> dict:
     """Run one search as described by parsed ``artstyle-similar`` arguments; returns the JSON result."""
-    from artstyle.search import StyleEmbedder, StyleIndex, load_image, update_index
-
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
     root = Path(args.index)
@@ -207,8 +253,6 @@ def similar(args: argparse.Namespace) -> dict:
     else:
         progress = None
         if args.verbose:
-            from tqdm.auto import tqdm
-
             progress = lambda batches: tqdm(batches, desc="embedding", file=sys.stderr)  # noqa: E731
         index, report = update_index(root, embedder, index, progress=progress)
         try:
@@ -243,8 +287,6 @@ def similar(args: argparse.Namespace) -> dict:
             "failed": [{"path": path, "error": error} for path, error in report.failed],
         }
     if args.contact_sheet:
-        from artstyle.plots import plot_contact_sheet
-
         cells = [
             (load_image(n["path"]), f"{n['rank']}. {Path(n['path']).name} ({n['score']:.3f})")
             for n in result["neighbours"]
@@ -267,7 +309,7 @@ def similar_main(argv: Sequence[str] | None = None) -> int:
     try:
         result = similar(args)
     except (ValueError, OSError) as err:  # OSError: missing files, model not found locally or on the Hub
-        print(f"artstyle-similar: error: {err}", file=sys.stderr)
+        print(f"artstyle-similar: error: {_one_line(err)}", file=sys.stderr)
         return 2
     failed = result.get("update", {}).get("failed", [])
     if args.json:

@@ -253,6 +253,7 @@ def push_to_hub(
         repo_id=str(getattr(url, "repo_id", repo_id)),
         folder_path=str(output_dir),
         commit_message=commit_message,
-        ignore_patterns=["checkpoints/*", "step_*/*", "epoch_*/*", ".tmp-*"],  # training checkpoints stay local
+        # training checkpoints and the fine-tune's last epoch stay local
+        ignore_patterns=["checkpoints/*", "last_epoch/*", "step_*/*", "epoch_*/*", ".tmp-*"],
     )
     return str(url)

@@ -84,3 +84,20 @@ def test_expand_inputs_and_table_format(images):
     assert errors == [{"path": str(images / "nope"), "error": "no such file or folder"}]
     table = format_predictions_table([{"path": "x.png", "predictions": [{"label": "cubism", "score": 0.5}]}])
     assert table.splitlines()[1].split() == ["x.png", "1", "cubism", "0.5000"]
+
+
+def test_predict_matches_the_pipeline_with_workers(classifier_dir, images):
+    """The DataLoader / fast-processor path gives the scores of ``pipeline("image-classification")``."""
+    from transformers import pipeline
+
+    from artstyle.cli import predict
+
+    sources = [str(images / name) for name in ("a.png", "c.png", "sub/b.jpg", "broken.png")]
+    results, errors = predict(sources, str(classifier_dir), top_k=3, batch_size=2, device="cpu", num_workers=2)
+    assert [e["path"] for e in errors] == [sources[3]]
+    assert [r["path"] for r in results] == sources[:3]
+    classifier = pipeline("image-classification", model=str(classifier_dir), device="cpu")
+    expected = classifier([Image.open(s).convert("RGB") for s in sources[:3]], top_k=3)
+    for result, reference in zip(results, expected):
+        assert [p["label"] for p in result["predictions"]] == [p["label"] for p in reference]
+        assert [p["score"] for p in result["predictions"]] == pytest.approx([p["score"] for p in reference], abs=1e-5)

@@ -97,7 +97,8 @@ def demo_options(tmp_path_factory):
 def finetuned(tmp_path_factory, demo_options):
     output = tmp_path_factory.mktemp("finetune")
     results = run_finetune.main([
-        "--model_name_or_path", "none", "--config_preset", "tiny", "--backbone_depth", "2", "--image_size", "32",
+        "--model_name_or_path", "none", "--config_preset", "tiny",
+        "--config_overrides", "backbone_depth=2,image_size=32",
         "--dataset_options", demo_options, "--output_dir", str(output), "--max_train_steps", "2",
         "--per_device_train_batch_size", "7", "--per_device_eval_batch_size", "16", "--warmup_epochs", "0",
         "--mixup", "0.8", "--cutmix", "1.0", "--gradient_accumulation_steps", "2",
@@ -110,7 +111,7 @@ def test_finetune_writes_the_expected_files(finetuned):
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "all_results.json",
                  "confusion_matrix.png", "per_class_accuracy.png", "README.md"):
         assert (output / name).is_file(), name
-    assert (output / "checkpoints" / "last" / "model.safetensors").is_file()
+    assert (output / "last_epoch" / "model.safetensors").is_file()
     written = json.loads((output / "all_results.json").read_text())
     assert written["train_steps"] == 2 and written["mode"] == "finetune"
     for key in ("eval_accuracy", "eval_macro_f1", "eval_mean_average_precision", "test_accuracy"):
@@ -183,7 +184,8 @@ def test_multi_label_evaluation(monkeypatch, tmp_path, multi_hot_train):
 
     monkeypatch.setattr(artstyle.data, "load_style_dataset", lambda *a, **k: _multi_label_dataset(multi_hot_train))
     results = run_finetune.main([
-        "--model_name_or_path", "none", "--backbone_depth", "2", "--image_size", "32", "--output_dir", str(tmp_path),
+        "--model_name_or_path", "none", "--config_overrides", "backbone_depth=2,image_size=32",
+        "--output_dir", str(tmp_path),
         "--max_train_steps", "1", "--per_device_train_batch_size", "4", "--warmup_epochs", "0",
     ])
     assert results["eval_split"] == "test"
@@ -194,3 +196,18 @@ def test_multi_label_evaluation(monkeypatch, tmp_path, multi_hot_train):
     expected = "multi_label_classification" if multi_hot_train else "single_label_classification"
     assert config.problem_type == expected
     assert not (tmp_path / "confusion_matrix.png").exists()
+
+
+def test_deprecated_flag_names_still_work_with_a_warning():
+    with pytest.warns(FutureWarning) as caught:
+        model_args, data_args, train_args = run_finetune.parse_args([
+            "--model_name_or_path", "none", "--dataset", "demo", "--num_workers", "2", "--hub_private",
+            "--backbone_depth", "2", "--image_size=32", "--drop_path_rate", "0.2"])
+    messages = " ".join(str(w.message) for w in caught)
+    for old, new in (("--dataset", "--dataset_name"), ("--num_workers", "--dataloader_num_workers"),
+                     ("--hub_private", "--hub_private_repo"), ("--backbone_depth", "--config_overrides")):
+        assert f"{old} is deprecated, use {new}" in messages
+    assert data_args.dataset_name == "demo" and data_args.dataloader_num_workers == 2 and train_args.hub_private_repo
+    model = run_finetune.build_model(model_args, ["a", "b"], multi_label=False)
+    config = model.config
+    assert (config.backbone_depth, config.image_size, config.drop_path_rate, config.num_labels) == (2, 32, 0.2, 2)

@@ -11,6 +11,7 @@ from unittest import mock
 
 import pytest
 import torch
+from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from huggingface_hub import HfApi, ModelCard
 from PIL import Image
@@ -33,7 +34,7 @@ def tiny_args(tmp_path, out="out", *extra, steps=4, batch=8, num_images=48):
         "--output_dir", str(tmp_path / out),
         "--per_device_train_batch_size", str(batch),
         "--max_train_steps", str(steps),
-        "--num_workers", "0",
+        "--dataloader_num_workers", "0",
         "--report_to", "none",
         "--seed", "0",
         "--deterministic",
@@ -68,7 +69,8 @@ def test_help_lists_hf_argument_names(capsys):
     for name in ("--output_dir", "--per_device_train_batch_size", "--num_train_epochs", "--max_train_steps",
                  "--learning_rate", "--weight_decay", "--gradient_accumulation_steps", "--checkpointing_steps",
                  "--resume_from_checkpoint", "--seed", "--mixed_precision", "--report_to", "--push_to_hub",
-                 "--hub_model_id", "--config_preset", "--augmentation", "--weight_gram", "--num_workers"):
+                 "--hub_model_id", "--config_preset", "--augmentation", "--dataloader_num_workers", "--eval_every",
+                 "--torch_compile", "--dataset_name", "--with_tracking", "--hub_private_repo"):
         assert name in text
 
 
@@ -260,7 +262,7 @@ def test_bad_images_are_skipped_and_counted(tmp_path):
     args[args.index("--dataset_options") + 1] = json.dumps({"cache_dir": str(tmp_path / "cache"),
                                                              "validation_size": 0.0})
     args[args.index("--report_to") + 1] = "tensorboard"
-    results = main([*args, "--dataset", "imagefolder", "--data_dir", str(tmp_path / "images"),
+    results = main([*args, "--dataset_name", "imagefolder", "--data_dir", str(tmp_path / "images"),
                     "--num_train_epochs", "1", "--max_train_steps", "4", "--hub_token", "hf_SECRET"])
     assert results["train_steps"] == 4
     assert results["skipped_images"] == 3
@@ -276,3 +278,78 @@ def test_bad_images_are_skipped_and_counted(tmp_path):
     assert [e.step for e in logged.Scalars("train/lr")] == [1, 2, 3, 4]
     assert logged.Scalars("train/skipped_images")[-1].value == 3
     assert not any(b"hf_SECRET" in p.read_bytes() for p in (tmp_path / "bad").rglob("*") if p.is_file())
+
+
+# --------------------------------------------------------------------------------------------- options
+def test_deprecated_flag_names_still_work_with_a_warning():
+    with pytest.warns(FutureWarning) as caught:
+        model_args, data_args, train_args = parse_args([
+            "--dataset", "demo", "--num_workers", "3", "--hub_private", "--weight_gram", "0",
+            "--config_overrides", "queue_size=128", "--weight_distill=0.5"])
+    messages = " ".join(str(w.message) for w in caught)
+    for old, new in (("--dataset", "--dataset_name"), ("--num_workers", "--dataloader_num_workers"),
+                     ("--hub_private", "--hub_private_repo"), ("--weight_gram", "--config_overrides weight_gram=0")):
+        assert f"{old} is deprecated, use {new}" in messages
+    assert data_args.dataset_name == "demo" and data_args.dataloader_num_workers == 3 and train_args.hub_private_repo
+    config = run_pretrain.build_config(model_args)
+    assert (config.weight_gram, config.weight_distill, config.queue_size) == (0.0, 0.5, 128)
+
+
+def test_moco_v3_baseline_flag_uses_the_config_method():
+    model_args, _, _ = parse_args(["--moco_v3_baseline", "--config_overrides", "queue_size=128"])
+    config = run_pretrain.build_config(model_args)
+    expected = run_pretrain.ArtStyleConfig.tiny(queue_size=128).moco_v3_baseline()
+    assert config.to_dict() == expected.to_dict()
+    assert not any(config.components.values())
+
+
+def test_eval_every_logs_knn_without_changing_training(tmp_path):
+    logged = []
+    original = Accelerator.log
+
+    def spy(self, values, step=None, log_kwargs=None):
+        logged.append((step, dict(values)))
+        return original(self, values, step=step)
+
+    with mock.patch.object(Accelerator, "log", spy):
+        monitored = main(tiny_args(tmp_path, "knn", "--eval_every", "2", "--knn_k", "5", steps=5))
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    plain = main(tiny_args(tmp_path, "plain", steps=5))
+
+    lines = [json.loads(line) for line in (tmp_path / "knn" / "eval_log.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [2, 4]
+    assert all(0.0 <= line["knn_acc"] <= 1.0 for line in lines)
+    tracked = [(step, values["eval/knn_acc"]) for step, values in logged if "eval/knn_acc" in values]
+    assert tracked == [(line["step"], line["knn_acc"]) for line in lines]
+    assert not (tmp_path / "plain" / "eval_log.jsonl").exists()
+    # the monitor uses no global RNG and does not touch the model: training is unchanged
+    assert {k: v for k, v in monitored.items() if k.startswith("train_loss")} == \
+        {k: v for k, v in plain.items() if k.startswith("train_loss")}
+    a, b = _weights(tmp_path / "knn"), _weights(tmp_path / "plain")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_torch_compile_with_ema_queue_and_resume(tmp_path):
+    """Dynamo capture of the forward (EMA update, queue) with the 'eager' backend: the inductor backend compiles
+    C++ kernels, which takes minutes on a CPU (measured > 10 min on this project's CI machine), so it is not run."""
+    steps = ["--checkpointing_steps", "2"]
+    eager = main(tiny_args(tmp_path, "eager", *steps, steps=3))
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    compiled_args = tiny_args(tmp_path, "compiled", *steps, "--torch_compile", "--torch_compile_backend", "eager",
+                              steps=3)
+    compiled = main(compiled_args)
+    assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-5)
+    a, b = _weights(tmp_path / "eager"), _weights(tmp_path / "compiled")
+    assert a.keys() == b.keys()  # compiled in place: the saved names are the eager model's
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+    (pointer,) = [k for k in a if k.endswith("queue_ptr")]
+    assert int(a[pointer]) == int(b[pointer])
+    # resume the compiled run from its step-2 checkpoint: same final weights as the straight compiled run
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    resumed = main([*compiled_args, "--resume_from_checkpoint", str(tmp_path / "compiled" / "checkpoints" / "step_2")])
+    assert resumed["resumed_from"].endswith("step_2") and resumed["train_loss"] == compiled["train_loss"]
+    c = _weights(tmp_path / "compiled")
+    assert all(torch.equal(b[k], c[k]) for k in b)

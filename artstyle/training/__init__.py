@@ -1,4 +1,9 @@
-"""Training utilities shared by ``run_pretrain.py`` and ``run_finetune.py``."""
+"""Training utilities shared by ``run_pretrain.py`` and ``run_finetune.py``.
+
+`arguments` (command-line plumbing, config from preset + overrides), `scaffold` (accelerator, logging,
+output folders, final save and push), `checkpoint` (crash-safe training states), `data` (seeded order and
+augmentations), `optim` (parameter groups, AdamW / LARS), `schedules` (per-step schedules).
+"""
 
 from .checkpoint import (
     CHECKPOINT_PREFIX,
@@ -9,13 +14,16 @@ from .checkpoint import (
     resolve_resume_checkpoint,
     rotate_checkpoints,
     save_checkpoint,
+    state_checksums,
 )
-from .data import EpochSeededSampler, SeededItems, item_seed, seeded_rng
+from .data import EpochSeededSampler, SeededItems, item_seed, seeded_dataloader, seeded_rng, set_data_epoch
 from .optim import (
     LARS,
     NO_DECAY_KEYWORDS,
     build_optimizer,
+    layer_decay_param_groups,
     param_groups_no_decay,
+    set_learning_rate,
     set_optimizer_values,
     split_decay_parameters,
 )
@@ -31,6 +39,7 @@ __all__ = [
     "build_optimizer",
     "cosine_lr",
     "item_seed",
+    "layer_decay_param_groups",
     "latest_checkpoint",
     "list_checkpoints",
     "momentum_schedule",
@@ -39,8 +48,12 @@ __all__ = [
     "resolve_resume_checkpoint",
     "rotate_checkpoints",
     "save_checkpoint",
+    "seeded_dataloader",
     "seeded_rng",
+    "set_data_epoch",
+    "set_learning_rate",
     "set_optimizer_values",
     "split_decay_parameters",
+    "state_checksums",
     "weight_decay_schedule",
 ]

@@ -8,10 +8,13 @@ folder, which `latest_checkpoint` ignores and `remove_incomplete_checkpoints` de
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
 from pathlib import Path
+
+import torch
 
 __all__ = [
     "CHECKPOINT_PREFIX",
@@ -22,6 +25,7 @@ __all__ = [
     "resolve_resume_checkpoint",
     "rotate_checkpoints",
     "save_checkpoint",
+    "state_checksums",
 ]
 
 CHECKPOINT_PREFIX = "step_"
@@ -147,3 +151,23 @@ def save_checkpoint(accelerator, checkpoint_dir: str | Path, step: int, total_li
         rotate_checkpoints(checkpoint_dir, total_limit)
     accelerator.wait_for_everyone()
     return final
+
+
+def state_checksums(model: torch.nn.Module) -> dict[str, str]:
+    """SHA-256 of the model state in three parts: ``parameters`` (student and teacher), ``queue``
+    (queue buffers) and ``other_buffers`` (BatchNorm statistics ...).
+
+    After the same steps the first two must be equal on every process (DDP keeps the replicas in
+    sync and the queue receives the gathered keys); BatchNorm statistics are equal only with
+    SyncBatchNorm (accelerators), not on CPU.
+    """
+    digests = {key: hashlib.sha256() for key in ("parameters", "queue", "other_buffers")}
+    parameter_names = {name for name, _ in model.named_parameters()}
+    for name, tensor in model.state_dict(keep_vars=False).items():
+        if name in parameter_names:
+            key = "parameters"
+        else:
+            key = "queue" if name.rsplit(".", 1)[-1].startswith("queue") else "other_buffers"
+        digests[key].update(name.encode())
+        digests[key].update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return {key: digest.hexdigest() for key, digest in digests.items()}

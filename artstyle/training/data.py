@@ -15,9 +15,9 @@ import random
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["EpochSeededSampler", "SeededItems", "item_seed", "seeded_rng"]
+__all__ = ["EpochSeededSampler", "SeededItems", "item_seed", "seeded_dataloader", "seeded_rng", "set_data_epoch"]
 
 _MASK = (1 << 63) - 1
 
@@ -91,3 +91,25 @@ class EpochSeededSampler(Sampler[int]):
     def __iter__(self):
         rng = torch.Generator().manual_seed(item_seed(self.seed, self.epoch, -1) & _MASK)
         yield from torch.randperm(self.num_samples, generator=rng).tolist()
+
+
+def seeded_dataloader(dataset: SeededItems, batch_size: int, num_workers: int, seed: int, collate_fn) -> DataLoader:
+    """Training DataLoader: shuffled by `EpochSeededSampler`, full batches only, with its own generator
+    (creating an iterator must not consume the global RNG: exact resume)."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochSeededSampler(len(dataset), seed=seed),
+        drop_last=True,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=False,
+    )
+
+
+def set_data_epoch(dataloader, dataset: SeededItems, epoch: int) -> None:
+    """Select epoch ``epoch``'s shuffle and augmentation seeds (call before iterating); accelerate's
+    ``DataLoaderShard.set_epoch`` forwards to the sampler, sharded or not."""
+    dataset.set_epoch(epoch)
+    dataloader.set_epoch(epoch)

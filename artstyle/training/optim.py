@@ -1,4 +1,5 @@
-"""Optimiser construction: parameter groups without weight decay, AdamW or LARS.
+"""Optimiser construction: parameter groups (no weight decay on biases/norms/tokens; layer-wise LR decay),
+AdamW or LARS, and the per-step `set_learning_rate`.
 
 Only parameters with ``requires_grad`` are optimised (the teacher inside
 `ArtStyleForPretraining` is frozen and follows the student by EMA). Biases, normalisation
@@ -11,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+from timm.optim import param_groups_layer_decay
 from torch import nn
 
-__all__ = ["LARS", "NO_DECAY_KEYWORDS", "build_optimizer", "param_groups_no_decay", "set_optimizer_values",
-           "split_decay_parameters"]
+__all__ = ["LARS", "NO_DECAY_KEYWORDS", "build_optimizer", "layer_decay_param_groups", "param_groups_no_decay",
+           "set_learning_rate", "set_optimizer_values", "split_decay_parameters"]
 
 # Substrings of parameter names that are tokens/embeddings rather than weights.
 NO_DECAY_KEYWORDS = ("pos_embed", "cls_token", "reg_token", "dist_token", "layer_embed", "query")
@@ -133,10 +135,46 @@ def build_optimizer(param_groups: list[dict], name: str = "adamw", lr: float = 1
     raise ValueError(f"optimizer must be 'adamw' or 'lars', got {name!r}")
 
 
-def set_optimizer_values(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
-    """Apply this step's learning rate (times each group's ``lr_scale``) and weight decay (to the
-    groups with ``apply_weight_decay``; the others keep 0)."""
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float | None = None) -> None:
+    """Apply this step's learning rate (times each group's ``lr_scale``) and, if given, weight decay (to the
+    groups with ``apply_weight_decay``; the others keep theirs)."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
-        if group.get("apply_weight_decay", True):
+        if weight_decay is not None and group.get("apply_weight_decay", True):
             group["weight_decay"] = weight_decay
+
+
+set_optimizer_values = set_learning_rate  # former name
+
+
+def layer_decay_param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None) -> list[dict]:
+    """Optimizer parameter groups with layer-wise LR decay (BEiT / MAE fine-tuning); each group has an ``lr_scale``.
+
+    Backbone parameters (``model.artstyle.backbone``, a timm ViT) are grouped by timm's
+    `param_groups_layer_decay`: patch embedding and position embedding get
+    ``layer_decay ** depth``, block ``i`` ``layer_decay ** (depth - 1 - i)``, the last block and the
+    final norm 1.0. Every other trainable parameter (fusion, Gram, pooler, classifier) gets scale 1.0.
+    1-d parameters and the backbone's ``no_weight_decay()`` set get no weight decay.
+    ``layer_decay`` None or 1.0 gives plain weight-decay / no-decay groups.
+    """
+    if layer_decay is not None and not 0 < layer_decay <= 1:
+        raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+    backbone = getattr(getattr(model, "artstyle", model), "backbone", None)
+    groups: list[dict] = []
+    seen: set[int] = set()
+    if backbone is not None and layer_decay is not None and layer_decay < 1.0:
+        no_decay = backbone.no_weight_decay() if hasattr(backbone, "no_weight_decay") else ()
+        groups = param_groups_layer_decay(
+            backbone, weight_decay=weight_decay, no_weight_decay_list=list(no_decay), layer_decay=layer_decay
+        )
+        seen = {id(p) for group in groups for p in group["params"]}
+    decay, no_decay_params = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad or id(param) in seen:
+            continue
+        is_no_decay = param.ndim <= 1 or name.endswith(("cls_token", "pos_embed", "reg_token"))
+        (no_decay_params if is_no_decay else decay).append(param)
+    for params, wd in ((decay, weight_decay), (no_decay_params, 0.0)):
+        if params:
+            groups.append({"params": params, "weight_decay": wd, "lr_scale": 1.0})
+    return groups
