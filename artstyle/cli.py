@@ -19,12 +19,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.functional import pil_to_tensor
-from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 from transformers.utils import logging as hf_logging
 
 from artstyle.plots import plot_contact_sheet
-from artstyle.search import StyleEmbedder, StyleIndex, default_device, list_images, load_image, update_index
+from artstyle.search import StyleEmbedder, build_index, default_device, list_images, load_image, load_index
 
 logger = logging.getLogger(__name__)
 
@@ -227,6 +226,10 @@ def build_similar_parser() -> argparse.ArgumentParser:
     parser.add_argument("--contact_sheet", default=None, help="write a PNG of the query and its neighbours here")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--device", default=None, help="torch device (default: accelerator if available, else cpu)")
+    parser.add_argument("--dataloader_num_workers", type=int, default=0,
+                        help="processes decoding the collection's images (default: %(default)s)")
+    parser.add_argument("--save_every", type=int, default=20,
+                        help="save indexing progress every N batches, so a killed run resumes (default: %(default)s)")
     parser.add_argument("--verbose", action="store_true", help="log progress")
     return parser
 
@@ -243,20 +246,19 @@ def similar(args: argparse.Namespace) -> dict:
     query_image = load_image(args.query)
     embedder = StyleEmbedder(args.model, batch_size=args.batch_size, device=args.device)
 
-    index = StyleIndex.load(index_dir) if (index_dir / "index.json").is_file() else None
     report = None
     if args.no_update:
+        index = load_index(index_dir)  # a damaged index: a warning naming the file, then None
         if index is None:
-            raise FileNotFoundError(f"--no_update: no index at {index_dir}; run once without --no_update")
+            raise FileNotFoundError(f"--no_update: no usable index at {index_dir}; run once without --no_update")
         if index.model_fingerprint != embedder.fingerprint:
             raise ValueError(f"--no_update: the index at {index_dir} was built with another model")
     else:
-        progress = None
-        if args.verbose:
-            progress = lambda batches: tqdm(batches, desc="embedding", file=sys.stderr)  # noqa: E731
-        index, report = update_index(root, embedder, index, progress=progress)
         try:
-            index.save(index_dir)
+            index, report = build_index(root, embedder, index_dir, progress=True if args.verbose else None,
+                                        num_workers=args.dataloader_num_workers, save_every=args.save_every)
+        except TimeoutError:
+            raise
         except OSError as err:
             raise ValueError(f"cannot write the index to {index_dir} ({err}); choose another --index_dir") from err
 

@@ -1,6 +1,6 @@
 """Style search: embed an image collection once, then find the works closest in style to a query.
 
-The style representation is the model's ``pooler_output`` (`ArtStyleModel`, see DESIGN §1.3),
+The style representation is the model's ``pooler_output`` (`ArtStyleModel`, see docs/method.md),
 L2-normalised, so the inner product is the cosine similarity.
 
 An index is a folder. ``index.json`` is its manifest and the only file that decides what is current::
@@ -44,9 +44,10 @@ import numpy as np
 import torch
 from filelock import FileLock, Timeout
 
+from artstyle.data.common import IMAGE_EXTENSIONS, is_image_file
+
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 INDEX_JSON = "index.json"
 INDEX_LOCK = "index.lock"
 DEFAULT_INDEX_DIR = ".artstyle-index"
@@ -69,7 +70,7 @@ def list_images(root: str | Path, recursive: bool = True) -> list[Path]:
         relative = path.relative_to(root)
         if any(part.startswith(".") for part in relative.parts):
             continue
-        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+        if path.is_file() and is_image_file(path.name):
             found.append(path)
     return sorted(found)
 

@@ -192,14 +192,14 @@ def describe(config) -> dict:
 def pretrain_command(args: argparse.Namespace, overrides: dict, steps: int, seed: int, output_dir: Path) -> list[str]:
     command = [
         sys.executable, str(REPO / "run_pretrain.py"),
-        "--dataset", "imagefolder", "--data_dir", str(args.data_dir),
+        "--dataset_name", "imagefolder", "--data_dir", str(args.data_dir),
         "--dataset_options", json.dumps({"test_size": args.test_size, "seed": args.split_seed}),
         "--train_split", "train",
         "--config_preset", args.config_preset,
         "--per_device_train_batch_size", str(args.batch_size),
         "--max_train_steps", str(steps),
         "--seed", str(seed),
-        "--num_workers", str(args.num_workers),
+        "--dataloader_num_workers", str(args.num_workers),
         "--output_dir", str(output_dir), "--overwrite_output_dir",
         "--report_to", "none", "--logging_steps", "10",
         "--augmentation", args.augmentation,

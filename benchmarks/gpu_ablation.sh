@@ -9,7 +9,7 @@
 # logs (the runs themselves, with their weights, stay in $OUT_DIR = outputs/ablation_gpu, git-ignored).
 #
 # Sized to fit 8 minutes of one H100/H200 including setup with the defaults (2 settings x 3 seeds = 6 runs at once,
-# 1200 steps of batch 128 at 64 px each; §8 of DESIGN measured 2 such runs side by side at ~3.5 min, loader-bound
+# 1200 steps of batch 128 at 64 px each; an earlier H200 measurement ran 2 such runs side by side at ~3.5 min, loader-bound
 # with 7 workers each; here 2 workers x 6 runs on 16 cores). Every run is killed after TIME_LIMIT seconds so the
 # call returns in time; a killed run leaves no result file and is redone by the next call (finished ones are
 # skipped). Every size is an environment variable, so a CPU dry run is:

@@ -76,9 +76,9 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
 fi
 
 # --- 1. CUDA smoke test of pretraining (single process: no SyncBatchNorm)
-step pretrain_smoke 60 "$PY" run_pretrain.py --config_preset tiny --dataset demo \
+step pretrain_smoke 60 "$PY" run_pretrain.py --config_preset tiny --dataset_name demo \
   --dataset_options '{"num_images": 256}' --per_device_train_batch_size 32 --max_train_steps 6 \
-  --mixed_precision bf16 --num_workers 4 --report_to none --logging_steps 1 \
+  --mixed_precision bf16 --dataloader_num_workers 4 --report_to none --logging_steps 1 \
   --output_dir "$LOG_DIR/pretrain_smoke" --overwrite_output_dir
 "$PY" - "$LOG_DIR/pretrain_smoke/all_results.json" <<'EOF' 2>&1 | tee -a "$LOG_DIR/pretrain_smoke.log"
 import json, math, sys

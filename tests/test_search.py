@@ -165,8 +165,6 @@ def test_progress_wrapper_sees_every_image(model_dir, collection):
     assert seen == list(range(7))
 
 
-@pytest.mark.xfail(reason="artstyle/cli.py similar() loads with StyleIndex.load (errors on a damaged index); "
-                   "it should call artstyle.search.build_index, which warns and rebuilds", strict=False)
 def test_similar_cli_rebuilds_a_damaged_index(model_dir, collection, capsys, caplog):
     argv = ["--index", str(collection), "--query", str(collection / "w0.png"), "--model", str(model_dir),
             "--json", "--device", "cpu"]

@@ -15,13 +15,13 @@ import datasets
 import numpy as np
 import pytest
 import torch
-import wiring_refs as refs
 from PIL import Image
 
 from artstyle import ArtStyleForPretraining, ArtStyleModel
 from artstyle.data import load_style_dataset
 from artstyle.losses import SoftContrastiveLoss
 
+import wiring_refs as refs
 from conftest import tiny_config
 
 TERMS = ("contrastive", "layerwise", "distill", "gram")
