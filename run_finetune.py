@@ -126,7 +126,9 @@ class DataArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training split."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation splits."})
     rand_augment: str | None = field(default=None, metadata={"help": "timm-style RandAugment, e.g. rand-m9-mstd0.5."})
-    crop_scale_min: float = field(default=0.25, metadata={"help": "Lower bound of RandomResizedCrop's area scale."})
+    crop_scale_min: float = field(
+        default=1.0, metadata={"help": "Lower bound of RandomResizedCrop's area scale (1.0: whole image, flips only)."}
+    )
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
 
 
@@ -142,7 +144,7 @@ class FinetuneArguments:
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device (training)."})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Batch size per device (evaluation)."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Steps accumulated per update."})
-    learning_rate: float = field(default=5e-4, metadata={"help": "Peak learning rate (top layer)."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate (top layer)."})
     min_learning_rate: float = field(default=1e-6, metadata={"help": "Learning rate at the end of the cosine."})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay."})
     layer_decay: float = field(default=0.75, metadata={"help": "Layer-wise LR decay (1.0 = off)."})
