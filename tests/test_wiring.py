@@ -230,11 +230,11 @@ def test_teacher_moves_once_per_optimisation_step_under_gradient_accumulation(tm
 
     tiny = {"backbone_depth": 1, "image_size": 32, "patch_size": 16, "queue_size": 16, "projection_hidden_dim": 32,
             "projection_dim": 16, "distill_hidden_dim": 16, "layer_head_dim": 16, "style_dim": 16, "gram_dim": 4}
-    args = ["--dataset", "demo",
+    args = ["--dataset_name", "demo",
             "--dataset_options", json.dumps({"num_images": 24, "image_size": 32, "cache_dir": str(tmp_path / "c")}),
             "--config_overrides", json.dumps(tiny), "--output_dir", str(tmp_path / "out"),
             "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2", "--max_train_steps", "3",
-            "--num_workers", "0", "--report_to", "none", "--seed", "0"]
+            "--dataloader_num_workers", "0", "--report_to", "none", "--seed", "0"]
     try:
         with mock.patch.object(ArtStyleForPretraining, "update_teacher", counted):
             results = run_pretrain.main(args)
