@@ -59,6 +59,7 @@ from artstyle.training.pretrain_loop import LOSS_TERMS, PretrainLoop
 from artstyle.training.scaffold import (
     build_accelerator,
     compile_model,
+    end_training_with_curves,
     hub_repo_id,
     loggable_hparams,
     prepare_output_dir,
@@ -409,7 +410,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         url = push_folder(accelerator, train_args.output_dir, repo_id, train_args.hub_token,
                           train_args.hub_private_repo, f"Pretraining: {state.step} steps")
         logger.info(f"Pushed to {url}")
-    accelerator.end_training()
+    end_training_with_curves(accelerator, train_args.output_dir)  # training_curves.png (TensorBoard runs)
     return results
 
 

@@ -121,6 +121,7 @@ def test_final_folder_card_and_push_to_hub_patched(tmp_path):
     # accumulation: 2 optimisation steps of 2 micro-batches of 8 images
     assert results["train_steps"] == 2 and results["images_seen"] == 32 and results["world_size"] == 1
     assert results["augment_on"] == "cpu"  # --augment_on auto on a CPU device: today's worker-side path
+    assert not (out / "training_curves.png").exists()  # --report_to none: no events, no curves
     assert json.loads((out / "all_results.json").read_text()) == results
     assert all(f"train_{t}" in results for t in run_pretrain.LOSS_TERMS)
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md"):
@@ -330,6 +331,9 @@ def test_bad_images_are_skipped_and_counted(tmp_path):
     assert expected <= tags
     assert [e.step for e in logged.Scalars("train/lr")] == [1, 2, 3, 4]
     assert logged.Scalars("train/skipped_images")[-1].value == 3
+    # TensorBoard tracking on: the loss curves are drawn from the flushed events at the end
+    with Image.open(tmp_path / "bad" / "training_curves.png") as figure:
+        assert figure.format == "PNG" and figure.width > 200
     assert not any(b"hf_SECRET" in p.read_bytes() for p in (tmp_path / "bad").rglob("*") if p.is_file())
 
 
