@@ -20,8 +20,9 @@ Modes:
 Splits and label columns: see `artstyle.evaluation.load_labelled_splits` (``validation`` selects the
 model where present, else ``test``; multi-hot columns use the multi-label protocol).
 
-Outputs in ``output_dir``: the model (``save_pretrained`` + image processor), ``all_results.json``,
-``confusion_matrix.png``, ``per_class_accuracy.png``, a model card ``README.md``.
+Outputs in ``output_dir``: the model (``save_pretrained`` + image processor), ``all_results.json`` (metrics,
+``{eval,test}_num_examples``, per-class ``*_average_precision``), ``confusion_matrix.png``,
+``per_class_accuracy.png``, ``embedding_map_test.png`` (single-label splits), a model card ``README.md``.
 """
 
 from __future__ import annotations
@@ -34,10 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator, PartialState
+from accelerate import PartialState
 from accelerate.utils import set_seed
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from artstyle import ArtStyleForImageClassification, build_image_processor
@@ -45,14 +45,10 @@ from artstyle.evaluation import (
     SCALAR_METRICS,
     StyleData,
     build_dataloaders,
-    compute_metrics,
     fit_linear_probe,
-    knn_scores,
     load_labelled_splits,
-    predict_scores,
     scalar_metrics,
 )
-from artstyle.plots import plot_confusion_matrix, plot_per_class_accuracy
 from artstyle.training import TrainingState, layer_decay_param_groups
 from artstyle.training.arguments import (
     DEPRECATED_FLAGS,
@@ -65,6 +61,13 @@ from artstyle.training.arguments import (
     run_cli,
 )
 from artstyle.training.finetune_loop import build_criterion, build_mixup, train_one_epoch
+from artstyle.training.finetune_reports import (
+    evaluate,
+    knn_evaluate,
+    split_results,
+    write_embedding_map,
+    write_reports,
+)
 from artstyle.training.scaffold import (
     build_accelerator,
     compile_model,
@@ -129,6 +132,8 @@ class DataArguments:
     crop_scale_min: float = field(
         default=1.0, metadata={"help": "Lower bound of RandomResizedCrop's area scale (1.0: whole image, flips only)."}
     )
+    hflip_prob: float = field(default=0.5, metadata={"help": "Probability of a horizontal flip in the training "
+                                                             "augmentation (0 = never, for direction-bearing styles)."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
 
 
@@ -172,7 +177,8 @@ class FinetuneArguments:
     with_tracking: bool = field(default=False, metadata={"help": "Log to the trackers of --report_to "
                                                                  "(output_dir/runs)."})
     report_to: str = field(default="tensorboard", metadata={"help": "Tracker(s): tensorboard, wandb, all, or none."})
-    save_plots: bool = field(default=True, metadata={"help": "Write the confusion-matrix and per-class charts."})
+    save_plots: bool = field(default=True, metadata={"help": "Write the confusion-matrix, per-class and "
+                                                              "embedding-map charts."})
     push_to_hub: bool = field(default=False, metadata={"help": "Upload output_dir to the Hub at the end."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repository id for --push_to_hub."})
     hub_token: str | None = field(default=None, metadata={"help": "Hub token (default: the cached login)."})
@@ -215,6 +221,8 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, train_ar
         raise ValueError("--mixup and --cutmix must be >= 0")
     if not 0 < data_args.crop_scale_min <= 1:
         raise ValueError(f"--crop_scale_min must be in (0, 1], got {data_args.crop_scale_min}")
+    if not 0 <= data_args.hflip_prob <= 1:
+        raise ValueError(f"--hflip_prob must be in [0, 1], got {data_args.hflip_prob}")
     if data_args.dataloader_num_workers < 0:
         raise ValueError(f"--dataloader_num_workers must be >= 0, got {data_args.dataloader_num_workers}")
     parse_json_option(data_args.dataset_options, "dataset_options")
@@ -233,6 +241,13 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, train_ar
 def load_data(data_args: DataArguments) -> StyleData:
     """The splits (`artstyle.evaluation.load_labelled_splits`) of ``--dataset_name``."""
     return load_labelled_splits(data_args, **parse_json_option(data_args.dataset_options, "dataset_options"))
+
+
+def build_loaders(data: StyleData, image_processor, data_args: DataArguments, train_args: FinetuneArguments,
+                  mode: str) -> dict:
+    """`build_dataloaders`: ``train`` augmented (``--crop_scale_min``, ``--hflip_prob``, ``--rand_augment``) for
+    ``mode="finetune"``, else ``train_features``."""
+    return build_dataloaders(data, image_processor, data_args, train_args, augment_train=mode == "finetune")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -281,38 +296,6 @@ def build_optimizer(model: nn.Module, train_args: FinetuneArguments) -> torch.op
 
 
 # ------------------------------------------------------------------------------------------------
-# Training and evaluation
-# ------------------------------------------------------------------------------------------------
-
-
-def evaluate(model, loaders: dict[str, DataLoader], accelerator: Accelerator, data: StyleData,
-             split: str = "eval") -> dict[str, Any]:
-    """Metrics of ``model`` on ``loaders[split]`` (multi-label protocol where that split is multi-hot)."""
-    scores, references = predict_scores(model, loaders[split], accelerator, data.multi_label_train)
-    return compute_metrics(scores, references, data.eval_columns[split][1])
-
-
-def knn_evaluate(model, loaders: dict[str, DataLoader], accelerator: Accelerator, data: StyleData,
-                 train_args: FinetuneArguments, split: str = "eval") -> dict[str, Any]:
-    """Weighted kNN of the frozen ``pooler_output`` features of ``split`` against the training features."""
-    scores, references = knn_scores(model, loaders["train_features"], loaders[split], len(data.label_names),
-                                    accelerator, k=train_args.knn_k, temperature=train_args.knn_temperature)
-    return compute_metrics(scores.numpy(), references.numpy(), data.eval_columns[split][1])
-
-
-def write_reports(output_dir: Path, results: dict[str, Any], final_metrics: dict[str, Any], data: StyleData,
-                  train_args: FinetuneArguments) -> None:
-    """``all_results.json`` and, for single-label evaluation, the two charts (main process)."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with open(output_dir / "all_results.json", "w", encoding="utf-8") as handle:
-        json.dump(results, handle, indent=2)
-    if train_args.save_plots and final_metrics.get("confusion_matrix") is not None:
-        plot_confusion_matrix(final_metrics["confusion_matrix"], data.label_names, output_dir / "confusion_matrix.png")
-        plot_per_class_accuracy(final_metrics["confusion_matrix"], data.label_names,
-                                output_dir / "per_class_accuracy.png")
-
-
-# ------------------------------------------------------------------------------------------------
 # Main
 # ------------------------------------------------------------------------------------------------
 
@@ -339,11 +322,13 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
                 {key: multi for key, (_, multi) in data.eval_columns.items()})
 
     model = build_model(model_args, data.label_names, data.multi_label_train)
-    loaders = build_dataloaders(data, build_image_processor(model.config), data_args, train_args,
-                                augment_train=mode == "finetune")
+    loaders = build_loaders(data, build_image_processor(model.config), data_args, train_args, mode)
     compile_model(model, train_args.torch_compile, train_args.torch_compile_backend, train_args.torch_compile_mode)
     results: dict[str, Any] = {"mode": mode, "dataset": data_args.dataset_name,
-                               "model_name_or_path": model_args.model_name_or_path, "eval_split": data.eval_split}
+                               "model_name_or_path": model_args.model_name_or_path, "eval_split": data.eval_split,
+                               "eval_num_examples": len(data.eval)}
+    if "test" in loaders:
+        results["test_num_examples"] = len(data.test)
 
     if mode in ("knn", "linear_probe"):
         # frozen encoder: no DDP wrapper (nothing to synchronise), only the dataloaders are sharded
@@ -352,13 +337,15 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
 
     if mode == "knn":
         final = knn_evaluate(model, loaders, accelerator, data, train_args, "eval")
-        results.update(scalar_metrics(final, "eval"), eval_details=final)
+        results.update(split_results(final, "eval", data))
         if "test" in loaders:
             final = knn_evaluate(model, loaders, accelerator, data, train_args, "test")
-            results.update(scalar_metrics(final, "test"), test_details=final)
+            results.update(split_results(final, "test", data))
         results["knn"] = {"k": train_args.knn_k, "temperature": train_args.knn_temperature}
+        if train_args.save_plots:  # every process: the features are gathered
+            write_embedding_map(model, loaders, accelerator, data, output_dir, "test" if "test" in loaders else "eval")
         if accelerator.is_main_process:
-            write_reports(output_dir, results, final, data, train_args)
+            write_reports(output_dir, results, final, data, train_args.save_plots)
         accelerator.end_training()
         return results
 
@@ -367,7 +354,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
                          multi_label=data.multi_label_train, seed=train_args.seed, epochs=train_args.probe_epochs,
                          learning_rate=train_args.probe_learning_rate, weight_decay=train_args.probe_weight_decay)
         eval_metrics = evaluate(model, loaders, accelerator, data, "eval")
-        results.update(scalar_metrics(eval_metrics, "eval"), eval_details=eval_metrics)
+        results.update(split_results(eval_metrics, "eval", data))
         summary = {"mode": "linear probe (frozen encoder)", "probe_epochs": train_args.probe_epochs,
                    "probe_learning_rate": train_args.probe_learning_rate}
     else:
@@ -403,7 +390,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
                 best_value, best_epoch = value, epoch
                 best_state = {k: v.detach().cpu().clone()
                               for k, v in accelerator.unwrap_model(model).state_dict().items()}
-                results.update(scalar_metrics(eval_metrics, "eval"), eval_details=eval_metrics)
+                results.update(split_results(eval_metrics, "eval", data))
         progress.close()
         save_final(accelerator, model, output_dir / "last_epoch")
         accelerator.unwrap_model(model).load_state_dict(best_state)
@@ -420,7 +407,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     final = results["eval_details"]
     if "test" in loaders:
         final = evaluate(model, loaders, accelerator, data, "test")
-        results.update(scalar_metrics(final, "test"), test_details=final)
+        results.update(split_results(final, "test", data))
     prefix = "test" if "test" in loaders else "eval"
     card_metrics = {k[len(prefix) + 1:]: v for k, v in results.items()
                     if k.startswith(prefix + "_") and isinstance(v, float)}
@@ -430,8 +417,10 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         metrics=card_metrics, base_model=None if from_scratch(model_args) else source,
         model_id=train_args.hub_model_id,
     ))
+    if train_args.save_plots:  # every process: the features are gathered
+        write_embedding_map(model, loaders, accelerator, data, output_dir, prefix)
     if accelerator.is_main_process:
-        write_reports(output_dir, results, final, data, train_args)
+        write_reports(output_dir, results, final, data, train_args.save_plots)
     if train_args.push_to_hub:
         url = push_folder(accelerator, output_dir, train_args.hub_model_id, train_args.hub_token,
                           train_args.hub_private_repo, f"artstyle {mode} on {data_args.dataset_name}")

@@ -10,7 +10,8 @@ Follows the Hugging Face ``*_no_trainer.py`` examples (argument names; ``main`` 
 data, model, optimizer, loop, save). Exact resume: checkpoints (``<output_dir>/checkpoints/step_<N>``,
 written atomically) hold the model with its teacher and queue, the optimizer, the gradient scaler, every
 process's RNG and the loop position; the data order depends only on ``(seed, epoch)`` and each image's
-augmentation only on ``(seed, epoch, index)``, and the schedules are pure functions of the step.
+augmentation only on ``(seed, epoch, index)`` (with ``--augment_on gpu``, each batch's on ``(seed, epoch, batch,
+process)``), and the schedules are pure functions of the step.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import functools
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +32,8 @@ from torch.utils.data import DataLoader
 
 from artstyle import ArtStyleConfig, ArtStyleForPretraining, build_image_processor
 from artstyle.data import StyleImageDataset, collate_skip_bad, load_style_dataset
+from artstyle.fast_data import DecodedImages, collate_decoded, default_decode_size
+from artstyle.gpu_augment import GPUTwoViewAugment, resolve_augment_on
 from artstyle.training import (
     SeededItems,
     TrainingState,
@@ -55,6 +59,7 @@ from artstyle.training.pretrain_loop import LOSS_TERMS, PretrainLoop
 from artstyle.training.scaffold import (
     build_accelerator,
     compile_model,
+    end_training_with_curves,
     hub_repo_id,
     loggable_hparams,
     prepare_output_dir,
@@ -104,6 +109,13 @@ class DataArguments:
     augmentation_options: str | None = field(
         default=None, metadata={"help": "JSON object of augmentation overrides, e.g. '{\"crop_scale\": [0.2, 1.0]}'."})
     dataloader_num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes per process."})
+    augment_on: str = field(
+        default="auto", metadata={"help": "Where the two views are made: cpu (DataLoader workers, full resolution), "
+                                          "gpu (batched on the training device from uint8 images decoded to "
+                                          "--decode_size; also runs on a CPU device) or auto (gpu on CUDA, else cpu)."})
+    decode_size: int | None = field(
+        default=None, metadata={"help": "--augment_on gpu: longer side of the decoded images (default: twice the "
+                                        "model's image_size)."})
 
 
 @dataclass
@@ -177,14 +189,14 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, train_ar
         "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "logging_steps",
         "max_train_steps", "checkpointing_steps", "checkpoints_total_limit", "eval_every",
         "per_device_eval_batch_size", "knn_k", "learning_rate", "knn_temperature")}
-    positive["max_train_samples"] = data_args.max_train_samples
+    positive.update(max_train_samples=data_args.max_train_samples, decode_size=data_args.decode_size)
     for name, value in positive.items():
         if value is not None and value <= 0:
             raise ValueError(f"--{name} must be > 0, got {value}")
     choices = {"mixed_precision": ("auto", "no", "fp16", "bf16"), "optimizer": ("adamw", "lars"),
-               "augmentation": ("moco_v3", "style_preserving")}
+               "augmentation": ("moco_v3", "style_preserving"), "augment_on": ("auto", "cpu", "gpu")}
     for name, allowed in choices.items():
-        value = getattr(data_args if name == "augmentation" else train_args, name)
+        value = getattr(data_args if name in ("augmentation", "augment_on") else train_args, name)
         if value not in allowed:
             raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {value!r}")
     if data_args.dataloader_num_workers < 0:
@@ -226,14 +238,24 @@ def load_splits(data_args: DataArguments):
     return train, splits
 
 
-def build_train_dataset(train_split, data_args: DataArguments, config: ArtStyleConfig, seed: int) -> SeededItems:
-    """The training split with two-view augmentations, each item seeded by (seed, epoch, index)."""
-    transform = build_ssl_transform(
-        data_args.augmentation, image_size=config.image_size, mean=config.image_mean, std=config.image_std,
-        **parse_json_option(data_args.augmentation_options, "augmentation_options"),
-    )
-    return SeededItems(StyleImageDataset(train_split, transform, image_column=data_args.image_column,
-                                         label_column=None), seed=seed)
+def build_train_dataset(train_split, data_args: DataArguments, config: ArtStyleConfig, seed: int,
+                        augment_on: str = "cpu") -> tuple[SeededItems, Callable, GPUTwoViewAugment | None]:
+    """``(dataset, collate_fn, augment)`` of the training split, each item seeded by (seed, epoch, index).
+
+    ``augment_on="cpu"``: the workers return both augmented views (``augment`` is None). ``"gpu"``: the workers
+    only decode to uint8 (`DecodedImages`); ``augment`` makes the views of each batch on the training device.
+    """
+    options = parse_json_option(data_args.augmentation_options, "augmentation_options")
+    if augment_on == "gpu":
+        size = data_args.decode_size or default_decode_size(config.image_size)
+        dataset = DecodedImages(train_split, size, image_column=data_args.image_column)
+        augment = GPUTwoViewAugment(data_args.augmentation, config.image_size, config.image_mean, config.image_std,
+                                    **options)
+        return SeededItems(dataset, seed=seed), collate_decoded, augment
+    transform = build_ssl_transform(data_args.augmentation, image_size=config.image_size, mean=config.image_mean,
+                                    std=config.image_std, **options)
+    dataset = StyleImageDataset(train_split, transform, image_column=data_args.image_column, label_column=None)
+    return SeededItems(dataset, seed=seed), collate_skip_bad, None
 
 
 def build_knn_loaders(train_split, splits, data_args: DataArguments, train_args: PretrainingArguments,
@@ -301,9 +323,10 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     # data
     with accelerator.main_process_first():
         train_split, splits = load_splits(data_args)
-    dataset = build_train_dataset(train_split, data_args, config, train_args.seed)
+    augment_on = resolve_augment_on(data_args.augment_on, accelerator.device)
+    dataset, collate_fn, augment = build_train_dataset(train_split, data_args, config, train_args.seed, augment_on)
     dataloader = seeded_dataloader(dataset, train_args.per_device_train_batch_size, data_args.dataloader_num_workers,
-                                   train_args.seed, collate_skip_bad)
+                                   train_args.seed, collate_fn)
     knn_loaders = None
     if train_args.eval_every:
         knn_loaders = build_knn_loaders(train_split, splits, data_args, train_args, config)
@@ -349,7 +372,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     start, start_step = time.perf_counter(), state.step
     schedule = functools.partial(schedule_values, total=total_steps, train_args=train_args, config=config)
     losses = PretrainLoop(accelerator, model, optimizer, dataloader, dataset, state, train_args, schedule, total_steps,
-                          num_epochs, checkpoint_dir, knn_loaders).run()
+                          num_epochs, checkpoint_dir, knn_loaders, augment).run()
     runtime = time.perf_counter() - start
     checksums = gather_object([state_checksums(accelerator.unwrap_model(model))])
 
@@ -360,6 +383,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         "images_seen": state.images_seen,
         "skipped_images": state.skipped_images,
         "world_size": accelerator.num_processes,
+        "augment_on": augment_on,
         "global_batch_size": train_args.per_device_train_batch_size * accelerator.num_processes
         * train_args.gradient_accumulation_steps,
         "train_runtime_s": round(runtime, 3),
@@ -373,6 +397,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         "global batch size": results["global_batch_size"], "processes": accelerator.num_processes,
         "optimizer": train_args.optimizer, "learning rate": train_args.learning_rate,
         "weight decay": train_args.weight_decay, "augmentation": data_args.augmentation,
+        "augmented on": augment_on,
         "mixed precision": accelerator.mixed_precision, "skipped images": state.skipped_images,
         **{f"final {k}": v for k, v in results.items() if k.startswith("train_loss")},
     }
@@ -385,7 +410,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         url = push_folder(accelerator, train_args.output_dir, repo_id, train_args.hub_token,
                           train_args.hub_private_repo, f"Pretraining: {state.step} steps")
         logger.info(f"Pushed to {url}")
-    accelerator.end_training()
+    end_training_with_curves(accelerator, train_args.output_dir)  # training_curves.png (TensorBoard runs)
     return results
 
 

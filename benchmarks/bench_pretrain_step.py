@@ -1,4 +1,6 @@
-"""Cost of one artstyle pretraining step against its lower bound and against the MoCo v3 baseline (the performance contract in docs/method.md).
+"""Cost of one artstyle pretraining step against its lower bound and against the MoCo v3 baseline.
+
+The performance contract is in docs/method.md.
 
 Three settings are timed in ONE process, on the same input, with the measurements interleaved (a, b, c, a, b, c, ...)
 so that machine noise (other processes, thermal, turbo) hits them alike:

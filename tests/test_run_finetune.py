@@ -109,7 +109,7 @@ def finetuned(tmp_path_factory, demo_options):
 def test_finetune_writes_the_expected_files(finetuned):
     output, results = finetuned
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "all_results.json",
-                 "confusion_matrix.png", "per_class_accuracy.png", "README.md"):
+                 "confusion_matrix.png", "per_class_accuracy.png", "embedding_map_test.png", "README.md"):
         assert (output / name).is_file(), name
     assert (output / "last_epoch" / "model.safetensors").is_file()
     written = json.loads((output / "all_results.json").read_text())
@@ -117,7 +117,16 @@ def test_finetune_writes_the_expected_files(finetuned):
     for key in ("eval_accuracy", "eval_macro_f1", "eval_mean_average_precision", "test_accuracy"):
         assert 0.0 <= written[key] <= 1.0
     assert len(written["test_details"]["confusion_matrix"]) == 6
+    # example counts: every image of each split was scored (the confusion matrix counts them)
+    for split in ("eval", "test"):
+        assert written[f"{split}_num_examples"] == sum(map(sum, written[f"{split}_details"]["confusion_matrix"])) > 0
     model = ArtStyleForImageClassification.from_pretrained(output)
+    # per-class AP under the class names; their mean over defined classes is the reported mAP
+    per_class = written["test_average_precision"]
+    assert list(per_class) == [model.config.id2label[i] for i in range(6)]
+    defined = [ap for ap in per_class.values() if ap is not None]
+    assert defined and all(0.0 <= ap <= 1.0 for ap in defined)
+    assert sum(defined) / len(defined) == pytest.approx(written["test_mean_average_precision"])
     assert model.config.num_labels == 6 and model.config.problem_type == "single_label_classification"
     assert set(model.config.label2id) == set(model.config.id2label.values())
     card = (output / "README.md").read_text()
@@ -147,6 +156,7 @@ def test_knn_mode_writes_metrics_only(finetuned, demo_options, tmp_path):
     written = json.loads((tmp_path / "all_results.json").read_text())
     assert 0.0 <= written["eval_accuracy"] <= 1.0 and "test_mean_average_precision" in written
     assert not (tmp_path / "model.safetensors").exists()
+    assert (tmp_path / "embedding_map_test.png").is_file() and written["test_num_examples"] > 0
 
 
 def _multi_label_dataset(multi_hot_train: bool):
@@ -196,6 +206,12 @@ def test_multi_label_evaluation(monkeypatch, tmp_path, multi_hot_train):
     expected = "multi_label_classification" if multi_hot_train else "single_label_classification"
     assert config.problem_type == expected
     assert not (tmp_path / "confusion_matrix.png").exists()
+    assert not (tmp_path / "embedding_map_test.png").exists()  # multi-label scoring: no single-label map
+    assert results["eval_num_examples"] == 8 and "test_num_examples" not in results  # test is the eval split
+    # per-class AP named as the model's labels (the dataset's class names where it has them)
+    assert list(results["eval_average_precision"]) == [config.id2label[i] for i in range(3)]
+    if not multi_hot_train:
+        assert list(results["eval_average_precision"]) == ["noir", "vintage", "macro"]
 
 
 def test_deprecated_flag_names_still_work_with_a_warning():

@@ -80,6 +80,8 @@ def test_help_lists_hf_argument_names(capsys):
     (["--augmentation", "fancy"], "augmentation"),
     (["--dataset_options", "[1]"], "dataset_options"),
     (["--config_overrides", "queue_size"], "config_overrides"),
+    (["--augment_on", "tpu"], "augment_on"),
+    (["--decode_size", "0"], "decode_size"),
 ])
 def test_bad_arguments_name_the_flag(argv, match):
     with pytest.raises(ValueError, match=match):
@@ -118,6 +120,8 @@ def test_final_folder_card_and_push_to_hub_patched(tmp_path):
     assert upload.call_args.kwargs["folder_path"] == str(out)
     # accumulation: 2 optimisation steps of 2 micro-batches of 8 images
     assert results["train_steps"] == 2 and results["images_seen"] == 32 and results["world_size"] == 1
+    assert results["augment_on"] == "cpu"  # --augment_on auto on a CPU device: today's worker-side path
+    assert not (out / "training_curves.png").exists()  # --report_to none: no events, no curves
     assert json.loads((out / "all_results.json").read_text()) == results
     assert all(f"train_{t}" in results for t in run_pretrain.LOSS_TERMS)
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md"):
@@ -169,6 +173,56 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_last_checkpoint(tmp_pat
     # exact resume needs the same data layout
     with pytest.raises(ValueError, match="per_device_train_batch_size 8"):
         main(tiny_args(tmp_path, "out", "--resume_from_checkpoint", "latest", batch=4))
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_gpu_augment_path_on_cpu_trains_and_resumes_exactly(tmp_path):
+    """--augment_on gpu forced on a CPU device: uint8 batches, views made in the loop; stopping right after the
+    step-2 checkpoint and resuming gives the same final weights as an uninterrupted run."""
+    import artstyle.training.pretrain_loop as loop_module
+
+    gpu = ["--augment_on", "gpu", "--decode_size", "40", "--checkpointing_steps", "2"]
+    small = {"steps": 5, "batch": 4, "num_images": 24}  # demo train split: 12 images = 3 batches per epoch
+    logged = []
+    original_log, original_save = Accelerator.log, loop_module.save_checkpoint
+
+    def spy(self, values, step=None, log_kwargs=None):
+        logged.append((step, dict(values)))
+        return original_log(self, values, step=step)
+
+    def save_then_stop(accelerator, checkpoint_dir, step, total_limit=None):
+        path = original_save(accelerator, checkpoint_dir, step, total_limit)
+        raise _Stop(path)
+
+    views = mock.MagicMock(wraps=loop_module.make_two_view_batch)
+    with mock.patch.object(Accelerator, "log", spy), mock.patch.object(loop_module, "make_two_view_batch", views):
+        straight = main(tiny_args(tmp_path, "straight", *gpu, **small))
+    assert straight["augment_on"] == "gpu" and straight["train_steps"] == 5
+    assert views.call_count == 5
+    batch = views.call_args.args[0]
+    assert batch["pixel_values_uint8"].dtype == torch.uint8 and batch["pixel_values_uint8"].shape[-1] == 40
+    losses = [values["train/loss"] for _, values in logged if "train/loss" in values]
+    assert len(losses) == 5 and all(torch.isfinite(torch.tensor(losses)))
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    with mock.patch.object(loop_module, "save_checkpoint", save_then_stop), pytest.raises(_Stop):
+        main(tiny_args(tmp_path, "stopped", *gpu, **small))
+    checkpoints = tmp_path / "stopped" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step_2"]
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    resumed = main(tiny_args(tmp_path, "stopped", *gpu, "--resume_from_checkpoint", "latest", **small))
+    assert resumed["resumed_from"].endswith("step_2") and resumed["epochs"] == straight["epochs"] == 2
+    assert resumed["train_loss"] == straight["train_loss"]
+    a, b = _weights(tmp_path / "stopped"), _weights(tmp_path / "straight")
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, different[:5]
+    at_resume = _weights(checkpoints / "step_2")
+    assert any(not torch.equal(at_resume[k], a[k]) for k in a if k in at_resume)
 
 
 # --------------------------------------------------------------------------------------------- subprocesses
@@ -277,6 +331,9 @@ def test_bad_images_are_skipped_and_counted(tmp_path):
     assert expected <= tags
     assert [e.step for e in logged.Scalars("train/lr")] == [1, 2, 3, 4]
     assert logged.Scalars("train/skipped_images")[-1].value == 3
+    # TensorBoard tracking on: the loss curves are drawn from the flushed events at the end
+    with Image.open(tmp_path / "bad" / "training_curves.png") as figure:
+        assert figure.format == "PNG" and figure.width > 200
     assert not any(b"hf_SECRET" in p.read_bytes() for p in (tmp_path / "bad").rglob("*") if p.is_file())
 
 

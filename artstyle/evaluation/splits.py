@@ -116,7 +116,8 @@ def build_dataloaders(
     ``data_args`` / ``train_args``: ``run_finetune``'s (columns, augmentation, workers, batch sizes)."""
     eval_transform = build_eval_transform(image_processor)
     train_transform = build_train_transform(
-        image_processor, rand_augment=data_args.rand_augment, crop_scale=(data_args.crop_scale_min, 1.0)
+        image_processor, rand_augment=data_args.rand_augment, crop_scale=(data_args.crop_scale_min, 1.0),
+        hflip_p=getattr(data_args, "hflip_prob", 0.5),
     )
     common = dict(collate_fn=collate_skip_bad, num_workers=data_args.dataloader_num_workers)
     loaders = {}

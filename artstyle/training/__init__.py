@@ -2,7 +2,8 @@
 
 `arguments` (command-line plumbing, config from preset + overrides), `scaffold` (accelerator, logging,
 output folders, final save and push), `checkpoint` (crash-safe training states), `data` (seeded order and
-augmentations), `optim` (parameter groups, AdamW / LARS), `schedules` (per-step schedules).
+augmentations), `optim` (parameter groups, AdamW / LARS), `schedules` (per-step schedules); the scripts'
+loops and reports: `pretrain_loop`, `finetune_loop`, `finetune_reports` (imported from there, not re-exported).
 """
 
 from .checkpoint import (

@@ -15,6 +15,7 @@ from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
 from ..evaluation.knn import knn_accuracy
+from ..fast_data import augment_generator, make_two_view_batch
 from .checkpoint import TrainingState, latest_checkpoint, save_checkpoint
 from .data import SeededItems, set_data_epoch
 from .optim import set_learning_rate
@@ -48,6 +49,7 @@ class PretrainLoop:
     num_epochs: int
     checkpoint_dir: Path
     knn_loaders: tuple | None = None
+    augment: Any = None  # GPUTwoViewAugment for --augment_on gpu: batches arrive as uint8, views are made here
     last_losses: dict = field(default_factory=dict)
 
     def run(self) -> dict[str, float]:
@@ -95,6 +97,10 @@ class PretrainLoop:
 
     def train_micro_batch(self, batch: dict) -> None:
         accelerator, state = self.accelerator, self.state
+        if self.augment is not None:  # views seeded by (seed, epoch, batch, process): the same after a resume
+            generator = augment_generator(self.train_args.seed, state.epoch, state.batches_in_epoch,
+                                          accelerator.process_index)
+            batch = make_two_view_batch(batch, self.augment, generator, accelerator.device)
         self.values = self.schedule(state.step)
         first = self._micro == 0
         if first:

@@ -29,6 +29,7 @@ __all__ = [
     "CHECKPOINT_SUBDIR",
     "build_accelerator",
     "compile_model",
+    "end_training_with_curves",
     "hub_repo_id",
     "loggable_hparams",
     "prepare_output_dir",
@@ -164,3 +165,24 @@ def push_folder(accelerator: Accelerator, output_dir: str | Path, repo_id: str, 
         url = push_to_hub(output_dir, repo_id, token=token, private=private, commit_message=commit_message)
     accelerator.wait_for_everyone()
     return url
+
+
+def end_training_with_curves(accelerator: Accelerator, output_dir: str | Path,
+                             name: str = "training_curves.png") -> Path | None:
+    """``accelerator.end_training()`` (flushes the TensorBoard events), then, on the main process and when
+    TensorBoard tracking was on, `artstyle.plots.plot_training_curves` of the run to ``<output_dir>/<name>``.
+
+    Returns the figure's path (None elsewhere). A figure that cannot be drawn is a warning: the model is saved.
+    """
+    tensorboard = any(getattr(tracker, "name", None) == "tensorboard" for tracker in accelerator.trackers)
+    accelerator.end_training()
+    if not (tensorboard and accelerator.is_main_process):
+        return None
+    from ..plots import plot_training_curves
+
+    output_dir = Path(output_dir)
+    try:
+        return plot_training_curves(output_dir, output_dir / name)
+    except (FileNotFoundError, ValueError) as err:
+        logging.getLogger(__name__).warning("No training curves written: %s", err)
+        return None
