@@ -28,7 +28,7 @@ from .gram import GramMSELoss, LearnableGram
 from .heads import PerLayerMLP, PredictorHead, ProjectorHead
 from .layer_fusion import AttentionLayerFusion, LayerNormPerLayer, LayerwiseContrast
 from .losses import gather_from_all
-from .soft_contrast import SoftContrastiveLoss, enqueue_keys
+from .soft_contrast import SoftContrastiveLoss, enqueue_keys, queue_snapshot
 
 
 # ---------------------------------------------------------------------------------------------- backbone
@@ -417,7 +417,7 @@ class ArtStyleForPretraining(ArtStylePreTrainedModel):
         zero = pixel_values.new_zeros((), dtype=torch.float32)
         contrastive = layerwise = distill = gram = zero
         if config.weight_contrastive > 0:
-            queue = self.queue.clone().detach() if self.queue is not None else None
+            queue = queue_snapshot(self.queue) if self.queue is not None else None
             contrastive = symmetric(lambda s, t, k: self.soft_contrastive(s.key, t.key, negatives=queue, keys=k.keys,
                                                                           offset=k.offset))
         if config.weight_layerwise > 0:

@@ -102,7 +102,18 @@ class KeyQueue(nn.Module):
 
     def negatives(self) -> torch.Tensor:
         """A detached copy of the queue (the loss must not see the in-place update that follows it)."""
-        return self.queue.clone().detach()
+        return queue_snapshot(self.queue)
 
 
-__all__ = ["SoftContrastiveLoss", "KeyQueue", "enqueue_keys"]
+@torch.compiler.disable
+def queue_snapshot(queue: torch.Tensor) -> torch.Tensor:
+    """A detached copy of ``queue``, made outside any compiled graph.
+
+    The loss reads the copy; the in-place enqueue after the loss writes the buffer. Under ``torch.compile`` a copy made
+    inside the graph may be rematerialised in the backward from the buffer itself, which the enqueue has changed by
+    then ("modified by an inplace operation"); a copy made eagerly is a separate graph input that nothing mutates.
+    """
+    return queue.detach().clone()
+
+
+__all__ = ["SoftContrastiveLoss", "KeyQueue", "enqueue_keys", "queue_snapshot"]
