@@ -8,6 +8,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from artstyle import ArtStyleForPretraining
 from artstyle.layer_fusion import LayerwiseContrast
@@ -89,3 +90,67 @@ def test_layerwise_contrast_positive_is_this_process_rows_of_the_gathered_teache
     expected = np.mean([_infonce(student[layer], keys[layer], 0.2, offset=4) for layer in range(2)])
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     assert abs(np.mean([_infonce(student[la], keys[la], 0.2, offset=0) for la in range(2)]) - expected) > 1e-2
+
+
+# ---------------------------------------------------------------------------------------------- distillation wiring
+def test_distillation_of_blocks_outside_the_fusion_and_gram_layers_reads_their_own_cls_tokens():
+    # kills modeling_artstyle.xǁArtStyleForPretrainingǁ_view__mutmut_15/_16 (the student encodes without the distilled
+    # blocks as extra layers): with distill_layers ⊆ fusion_layers (every other test) the CLS tokens are there anyway
+    config = tiny_config(backbone_depth=4, fusion_layers=[2, 3], gram_layer=3, distill_layers=[0, 1])
+    model = ArtStyleForPretraining(config).eval()  # eval: BN running stats, no enqueue
+    x1, x2 = torch.randn(2, 3, 3, 32, 32)
+
+    def prediction(x):  # CLS token of blocks 0 and 1 through the distillation heads, from the hidden states
+        hidden = model.artstyle(x, output_hidden_states=True).hidden_states
+        tokens = torch.stack([hidden[0][:, 0], hidden[1][:, 0]])
+        return F.normalize(model.distill_predictor(model.distill_projector(tokens)), dim=-1).numpy()
+
+    def teacher_key(x):
+        return F.normalize(model.teacher["projector"](model.teacher["artstyle"](x).pooler_output), dim=-1).numpy()
+
+    with torch.no_grad():
+        out = model(x1, x2)
+        pairs = [(prediction(x1), teacher_key(x2)), (prediction(x2), teacher_key(x1))]
+    expected = [np.mean([_infonce(d[layer], p, config.tau_distill, 0) for layer in range(2)]) for d, p in pairs]
+    assert out.loss_distill.item() == pytest.approx(np.mean(expected), rel=1e-4)
+
+
+def test_distillation_alone_without_the_contrastive_term_still_gets_teacher_keys():
+    # kills modeling_artstyle.xǁArtStyleForPretrainingǁ_view__mutmut_26 (`weight_distill > 0` → `> 1`: with the
+    # contrastive term off and a distillation weight ≤ 1 the teacher would compute no key for the distillation target)
+    config = tiny_config(weight_contrastive=0.0, weight_layerwise=0.0, weight_gram=0.0, weight_distill=0.5)
+    model = ArtStyleForPretraining(config).eval()
+    x1, x2 = torch.randn(2, 3, 3, 32, 32)
+
+    def prediction(x):
+        layer_cls = model.artstyle.encode(x, extra_layers=tuple(model.distill_layers)).layer_cls
+        return model.distillation(layer_cls, model.distill_projector, model.distill_predictor).numpy()
+
+    def teacher_key(x):
+        return F.normalize(model.teacher["projector"](model.teacher["artstyle"](x).pooler_output), dim=-1).numpy()
+
+    with torch.no_grad():
+        out = model(x1, x2)
+        pairs = [(prediction(x1), teacher_key(x2)), (prediction(x2), teacher_key(x1))]
+    layers = len(model.distill_layers)
+    expected = np.mean([np.mean([_infonce(d[la], p, config.tau_distill, 0) for la in range(layers)]) for d, p in pairs])
+    assert out.loss_distill.item() == pytest.approx(expected, rel=1e-4)
+    assert out.loss.item() == pytest.approx(0.5 * expected, rel=1e-4) and out.loss_contrastive.item() == 0.0
+
+
+def test_without_contrastive_and_distillation_terms_no_projector_runs_and_no_projector_bn_statistics_move():
+    # kills _view__mutmut_22/_24/_25 (`> 0` → `>= 0`, `and` → `or`): the MoCo projector/predictor of the student and
+    # the teacher would run for nothing, and in training mode their BatchNorm running statistics would drift
+    config = tiny_config(weight_contrastive=0.0, weight_distill=0.0, weight_layerwise=0.5, weight_gram=1.0)
+    model = ArtStyleForPretraining(config).train()
+    calls = []
+    for name in ("projector", "predictor"):
+        getattr(model, name).register_forward_hook(lambda *_, n=name: calls.append(n))
+    model.teacher["projector"].register_forward_hook(lambda *_: calls.append("teacher.projector"))
+    heads = ("projector.", "predictor.", "teacher.projector.")
+    buffers = {n: b.clone() for n, b in model.named_buffers() if n.startswith(heads)}
+    assert any(n.endswith("running_mean") for n in buffers)
+    out = model(*torch.randn(2, 4, 3, 32, 32), momentum=0.99)
+    assert calls == []
+    assert all(torch.equal(b, dict(model.named_buffers())[n]) for n, b in buffers.items())
+    assert out.loss_contrastive.item() == 0.0 and out.loss_distill.item() == 0.0 and out.loss.item() > 0
