@@ -29,7 +29,7 @@ def _perturbed_pretraining_model():
 @pytest.mark.parametrize("momentum", [0.0, 1.0])
 def test_update_teacher_accepts_the_bounds_momentum_0_copies_student_and_1_freezes_teacher(momentum):
     # hand mutation of update_teacher (decorated, so mutmut skips it): `0 <= m <= 1` → `0 < m` / `m < 1`.
-    # The cosine momentum schedule ends at exactly 1.0: rejecting it would crash the last step of every run.
+    # `momentum_schedule` allows base/final in [0, 1] (1.0 = frozen teacher): rejecting a bound would crash such a run.
     model = _perturbed_pretraining_model()
     students = dict(model.named_parameters())
     teacher_old = {n: p.detach().clone() for n, p in model.teacher.named_parameters()}
