@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from artstyle import ArtStyleForPretraining
 from artstyle.layer_fusion import LayerwiseContrast
-from artstyle.soft_contrast import KeyQueue
+from artstyle.soft_contrast import KeyQueue, SoftContrastiveLoss
 
 from conftest import tiny_config
 
@@ -154,3 +154,39 @@ def test_without_contrastive_and_distillation_terms_no_projector_runs_and_no_pro
     assert calls == []
     assert all(torch.equal(b, dict(model.named_buffers())[n]) for n, b in buffers.items())
     assert out.loss_contrastive.item() == 0.0 and out.loss_distill.item() == 0.0 and out.loss.item() > 0
+
+
+# ---------------------------------------------------------------------------------------------- soft contrast loss
+def _soft_contrast_with_queue_reference(q, p, negatives, tau_s, tau_t, alpha, mode):
+    """Row by row in numpy: logits [q·p, q·n_k]/τ_s, target α·onehot + (1-α)·w·softmax_k(p·n_k/τ_t), L1-normalised."""
+    total = 0.0
+    for qi, pi in zip(q, p):
+        logits = np.concatenate([[qi @ pi], negatives @ qi]) / tau_s
+        log_prob = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
+        sim = negatives @ pi / tau_t
+        neighbours = np.exp(sim - sim.max()) / np.exp(sim - sim.max()).sum()
+        if mode == "ascl":
+            entropy = -(neighbours * np.log(neighbours)).sum()
+            neighbours = neighbours * (1.0 - entropy / np.log(len(negatives)))
+        target = np.concatenate([[alpha], (1.0 - alpha) * neighbours])
+        total += -(target / target.sum() * log_prob).sum()
+    return total / len(q)
+
+
+def test_ascl_confidence_with_a_queue_of_two_keys_is_normalised_by_log_2():
+    # kills soft_contrast.xǁSoftContrastiveLossǁforward__mutmut_111 (`max(K, 2)` → `max(K, 3)`: the entropy of K = 2
+    # neighbours would be divided by log 3, the ASCL confidence of a small queue too high)
+    q, p, negatives = _unit(4, 8, seed=5), _unit(4, 8, seed=6), _unit(2, 8, seed=7)
+    loss = SoftContrastiveLoss(0.2, 0.1, 0.3, mode="ascl")(torch.tensor(q), torch.tensor(p),
+                                                          negatives=torch.tensor(negatives))
+    assert loss.item() == pytest.approx(_soft_contrast_with_queue_reference(q, p, negatives, 0.2, 0.1, 0.3, "ascl"),
+                                        rel=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["soft", "ascl"])
+def test_alpha_one_with_a_single_in_batch_key_is_infonce_zero_not_nan(mode):
+    # kills soft_contrast.xǁSoftContrastiveLossǁforward__mutmut_61 (`alpha == 1.0` → `== 2.0`: alpha = 1 would take the
+    # soft-target path, whose neighbour softmax over an empty row is NaN, and NaN·0 = NaN: one sample, no queue)
+    q = torch.tensor(_unit(1, 8, seed=8))
+    loss = SoftContrastiveLoss(0.2, 0.1, 1.0, mode=mode)(q, q.clone())
+    assert loss.item() == 0.0
