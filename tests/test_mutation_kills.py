@@ -190,3 +190,13 @@ def test_alpha_one_with_a_single_in_batch_key_is_infonce_zero_not_nan(mode):
     q = torch.tensor(_unit(1, 8, seed=8))
     loss = SoftContrastiveLoss(0.2, 0.1, 1.0, mode=mode)(q, q.clone())
     assert loss.item() == 0.0
+
+
+# ---------------------------------------------------------------------------------------------- error messages
+def test_pretraining_forward_without_a_second_view_names_both_arguments():
+    # kills modeling_artstyle.xǁArtStyleForPretrainingǁforward__mutmut_3/_4 (message text changed)
+    model = ArtStyleForPretraining(tiny_config())
+    message = "ArtStyleForPretraining needs two views: `pixel_values` and `pixel_values_2`"
+    with pytest.raises(ValueError) as error:
+        model(torch.randn(2, 3, 32, 32), None)
+    assert str(error.value) == message
