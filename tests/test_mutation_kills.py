@@ -200,3 +200,25 @@ def test_pretraining_forward_without_a_second_view_names_both_arguments():
     with pytest.raises(ValueError) as error:
         model(torch.randn(2, 3, 32, 32), None)
     assert str(error.value) == message
+
+
+# ---------------------------------------------------------------------------------------------- distributed gather
+def test_gather_from_all_on_rank_1_of_2_with_uneven_batches_puts_rank_0_rows_first():
+    # hand mutation of gather_from_all (decorated, so mutmut skips it): `world == 1` → `world <= 2` (a 2-process run
+    # would use only its own keys as negatives, and the offset of rank 1 would be 0). Rank 0 holds 5 rows, rank 1 3.
+    from artstyle import losses
+
+    rank0 = torch.arange(10, dtype=torch.float32).view(5, 2)
+    own = -torch.arange(1, 7, dtype=torch.float32).view(3, 2)
+
+    def fake_all_gather(outputs, tensor):
+        if tensor.dtype == torch.long:  # the sizes
+            outputs[0].copy_(torch.tensor([5])), outputs[1].copy_(tensor)
+        else:  # the rows, padded to the largest batch
+            assert tensor.shape == (5, 2) and torch.equal(tensor[:3], own) and not tensor[3:].any()
+            outputs[0].copy_(rank0), outputs[1].copy_(tensor)
+
+    with mock.patch.object(losses, "_world", return_value=(1, 2)), \
+            mock.patch.object(losses.dist, "all_gather", fake_all_gather):
+        gathered, offset = losses.gather_from_all(own)
+    assert offset == 5 and torch.equal(gathered, torch.cat([rank0, own]))
