@@ -222,3 +222,34 @@ def test_gather_from_all_on_rank_1_of_2_with_uneven_batches_puts_rank_0_rows_fir
             mock.patch.object(losses.dist, "all_gather", fake_all_gather):
         gathered, offset = losses.gather_from_all(own)
     assert offset == 5 and torch.equal(gathered, torch.cat([rank0, own]))
+
+
+# ---------------------------------------------------------------------------------------------- multi-process wiring
+@pytest.mark.parametrize("mode", ["soft", "ascl"])
+def test_in_batch_contrast_uses_the_keys_gathered_from_every_process_and_this_process_offset(mode):
+    # kills modeling_artstyle.xǁArtStyleForPretrainingǁforward__mutmut_61/_66/_67 (the loss given `keys=None` or no
+    # `offset`: equivalent on one process, but on rank 1 of 2 the negatives would be this process's keys only and the
+    # positive of row i column i). Rank 0's keys are simulated; no queue (MoCo v3 in-batch negatives).
+    config = tiny_config(queue_size=0, weight_layerwise=0.0, weight_distill=0.0, weight_gram=0.0, soft_mode=mode,
+                         soft_alpha=0.5)
+    model = ArtStyleForPretraining(config).eval()
+    rank0 = F.normalize(torch.randn(4, config.projection_dim), dim=-1)
+    gathered_calls = []
+
+    def fake_gather(keys):
+        assert keys is not None  # also kills forward__mutmut_24 (gathering a missing key)
+        gathered_calls.append(keys)
+        return torch.cat([rank0, keys]), 4
+
+    x1, x2 = torch.randn(2, 3, 3, 32, 32)
+    with torch.no_grad(), mock.patch("artstyle.modeling_artstyle.gather_from_all", fake_gather):
+        out = model(x1, x2)
+        student = [model._view(x, teacher=False).key for x in (x1, x2)]
+        teacher = [model._view(x, teacher=True).key for x in (x1, x2)]
+    assert len(gathered_calls) == 2
+    loss = SoftContrastiveLoss(config.tau_student, config.tau_teacher, 0.5, mode=mode)
+    expected = (loss(student[0], teacher[1], keys=torch.cat([rank0, teacher[1]]), offset=4)
+                + loss(student[1], teacher[0], keys=torch.cat([rank0, teacher[0]]), offset=4)) / 2
+    assert out.loss_contrastive.item() == pytest.approx(expected.item(), rel=1e-5)
+    local = (loss(student[0], teacher[1]) + loss(student[1], teacher[0])) / 2  # what the mutants compute
+    assert abs(local.item() - expected.item()) > 1e-3
