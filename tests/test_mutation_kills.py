@@ -139,7 +139,8 @@ def test_distillation_alone_without_the_contrastive_term_still_gets_teacher_keys
 
 
 def test_without_contrastive_and_distillation_terms_no_projector_runs_and_no_projector_bn_statistics_move():
-    # kills _view__mutmut_22/_24/_25 (`> 0` → `>= 0`, `and` → `or`): the MoCo projector/predictor of the student and
+    # kills modeling_artstyle.xǁArtStyleForPretrainingǁ_view__mutmut_22/_24/_25, forward__mutmut_49/_100 (`> 0` →
+    # `>= 0`, `and` → `or`): the MoCo projector/predictor of the student and
     # the teacher would run for nothing, and in training mode their BatchNorm running statistics would drift
     config = tiny_config(weight_contrastive=0.0, weight_distill=0.0, weight_layerwise=0.5, weight_gram=1.0)
     model = ArtStyleForPretraining(config).train()
@@ -150,7 +151,9 @@ def test_without_contrastive_and_distillation_terms_no_projector_runs_and_no_pro
     heads = ("projector.", "predictor.", "teacher.projector.")
     buffers = {n: b.clone() for n, b in model.named_buffers() if n.startswith(heads)}
     assert any(n.endswith("running_mean") for n in buffers)
-    out = model(*torch.randn(2, 4, 3, 32, 32), momentum=0.99)
+    # no key to gather either (kills forward__mutmut_24: `gather_from_all(None)` fails on more than one process)
+    with mock.patch("artstyle.modeling_artstyle.gather_from_all", side_effect=AssertionError("gathered None")):
+        out = model(*torch.randn(2, 4, 3, 32, 32), momentum=0.99)
     assert calls == []
     assert all(torch.equal(b, dict(model.named_buffers())[n]) for n, b in buffers.items())
     assert out.loss_contrastive.item() == 0.0 and out.loss_distill.item() == 0.0 and out.loss.item() > 0
@@ -237,7 +240,6 @@ def test_in_batch_contrast_uses_the_keys_gathered_from_every_process_and_this_pr
     gathered_calls = []
 
     def fake_gather(keys):
-        assert keys is not None  # also kills forward__mutmut_24 (gathering a missing key)
         gathered_calls.append(keys)
         return torch.cat([rank0, keys]), 4
 
@@ -253,3 +255,32 @@ def test_in_batch_contrast_uses_the_keys_gathered_from_every_process_and_this_pr
     assert out.loss_contrastive.item() == pytest.approx(expected.item(), rel=1e-5)
     local = (loss(student[0], teacher[1]) + loss(student[1], teacher[0])) / 2  # what the mutants compute
     assert abs(local.item() - expected.item()) > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------- Gram
+def test_gram_of_all_zero_patch_tokens_is_zero_not_nan():
+    # kills gram.xǁLearnableGramǁgram__mutmut_15 (`|G| + 1e-12` → `|G| - 1e-12` under the square root: NaN for every
+    # exactly-zero entry, e.g. black padding or a blank canvas, and NaN would reach the Gram loss)
+    from artstyle.gram import LearnableGram
+
+    gram, style = LearnableGram(dim=6, gram_dim=3, style_dim=4)(torch.zeros(2, 5, 6))
+    assert torch.equal(gram, torch.zeros(2, 3, 3))
+    assert torch.isfinite(style).all()
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+def test_pretraining_outputs_are_those_of_the_first_view_and_return_dict_false_gives_a_tuple():
+    # kills modeling_artstyle.xǁArtStyleForPretrainingǁforward__mutmut_118/_125/_126/_127/_133/_134/_135 (outputs from
+    # the second view, or dropped) and _137/_139 (`return_dict=False` must give the tuple, as in transformers)
+    model = ArtStyleForPretraining(tiny_config(pooler="fused")).eval()
+    x1, x2 = torch.randn(2, 3, 3, 32, 32)
+    with torch.no_grad():
+        out = model(x1, x2)
+        first = model.artstyle(x1)
+        as_tuple = model(x1, x2, return_dict=False)
+    torch.testing.assert_close(out.pooler_output, first.pooler_output)
+    torch.testing.assert_close(out.fusion_weights, first.fusion_weights)
+    torch.testing.assert_close(out.fusion_pool_weights, first.fusion_pool_weights)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == len(out.to_tuple())
+    for got, expected in zip(as_tuple, out.to_tuple()):
+        torch.testing.assert_close(got, expected)
