@@ -284,3 +284,36 @@ def test_pretraining_outputs_are_those_of_the_first_view_and_return_dict_false_g
     assert isinstance(as_tuple, tuple) and len(as_tuple) == len(out.to_tuple())
     for got, expected in zip(as_tuple, out.to_tuple()):
         torch.testing.assert_close(got, expected)
+
+
+# ---------------------------------------------------------------------------------------------- encoder
+def test_encode_maps_each_requested_block_to_its_own_hidden_state_and_returns_no_hidden_states_by_default():
+    # kills modeling_artstyle.xǁArtStyleModelǁencode__mutmut_30/_34 (`forward_intermediates` without `indices`: every
+    # block comes back and the zip pairs block 0, 1, ... with the requested indices; only visible when the fusion
+    # and Gram layers are not all blocks) and encode__mutmut_1 (hidden states of every block by default: memory)
+    from artstyle import ArtStyleModel
+
+    model = ArtStyleModel(tiny_config(backbone_depth=4, fusion_layers=[1, 3], gram_layer=2)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        encoded = model.encode(x)
+        hidden = model(x, output_hidden_states=True).hidden_states
+    assert sorted(encoded.layer_cls) == [1, 2, 3] and encoded.output.hidden_states is None
+    for index, cls in encoded.layer_cls.items():
+        torch.testing.assert_close(cls, hidden[index][:, 0])
+    # the Gram matrix is that of block 2's patch tokens (prefix tokens come first in the hidden states)
+    patches = hidden[2][:, -16:]
+    torch.testing.assert_close(encoded.output.gram, model.gram(patches)[0])
+
+
+def test_base_model_return_dict_false_gives_the_output_tuple():
+    # kills modeling_artstyle.xǁArtStyleModelǁforward__mutmut_8/_10
+    from artstyle import ArtStyleModel
+
+    model = ArtStyleModel(tiny_config()).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out, as_tuple = model(x), model(x, return_dict=False)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == len(out.to_tuple())
+    for got, expected in zip(as_tuple, out.to_tuple()):
+        torch.testing.assert_close(got, expected)
