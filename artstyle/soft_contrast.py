@@ -50,7 +50,7 @@ class SoftContrastiveLoss(nn.Module):
             logits = q @ keys.T / self.tau_student
             positive = torch.arange(q.shape[0], device=q.device) + offset
             teacher_sim = p @ keys.T / self.tau_teacher
-        if self.alpha == 1.0:
+        if self.alpha == 1.0 or logits.shape[1] == 1:  # no neighbour left besides the positive: one-hot target
             return F.cross_entropy(logits, positive)
         onehot = F.one_hot(positive, logits.shape[1]).float()
         teacher_sim = teacher_sim.masked_fill(onehot.bool(), float("-inf"))  # the positive slot is not a neighbour

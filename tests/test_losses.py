@@ -134,3 +134,13 @@ def test_bad_loss_settings_raise_in_init():
         SoftContrastiveLoss(0.2, 0.1, 2.0)
     with pytest.raises(ValueError, match="mode"):
         SoftContrastiveLoss(0.2, 0.1, 0.5, mode="x")
+
+
+@pytest.mark.parametrize("mode", ["soft", "ascl"])
+def test_soft_target_with_a_single_in_batch_key_is_finite_and_equals_infonce(mode):
+    # one process, batch of 1, no queue: once the positive is masked, the teacher softmax has no neighbour left
+    q = torch.nn.functional.normalize(torch.randn(1, 8), dim=1)
+    p = torch.nn.functional.normalize(torch.randn(1, 8), dim=1)
+    soft = SoftContrastiveLoss(0.2, 0.1, alpha=0.5, mode=mode)(q, p)
+    assert torch.isfinite(soft)
+    assert soft.item() == pytest.approx(SoftContrastiveLoss(0.2, 0.1, alpha=1.0)(q, p).item())
