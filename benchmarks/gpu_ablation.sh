@@ -12,7 +12,12 @@
 # 1200 steps of batch 128 at 64 px each; an earlier H200 measurement ran 2 such runs side by side at ~3.5 min, loader-bound
 # with 7 workers each; here 2 workers x 6 runs on 16 cores). Every run is killed after TIME_LIMIT seconds so the
 # call returns in time; a killed run leaves no result file and is redone by the next call (finished ones are
-# skipped). Every size is an environment variable, so a CPU dry run is:
+# skipped). DEADLINE_EPOCH (`date +%s`, set by gpu_session.sh) caps every run's limit so that the runs AND the report
+# end by then: a run gets min(TIME_LIMIT, DEADLINE_EPOCH - now - REPORT_MARGIN_S) and is not started below MIN_RUN_S.
+# AUGMENT_ON (default gpu on CUDA, else auto = cpu) is passed to run_pretrain.py --augment_on (GPU two-view
+# augmentation: the workers only decode to uint8), PRETRAIN_ARGS are further run_pretrain.py arguments.
+# The environment comes from benchmarks/_gpu_setup.sh (carried wheels, once). Every size is an environment variable,
+# so a CPU dry run is:
 #   DATA_DIR=../shared/data/realart-dev STEPS=3 BATCH=8 SEEDS=0 PARALLEL=2 FINETUNE_EPOCHS=1 \
 #   EXTRA_ARGS="--max_train_images 60 --max_test_images 30" bash benchmarks/gpu_ablation.sh
 set -euo pipefail
@@ -42,6 +47,11 @@ MIXED_PRECISION="${MIXED_PRECISION:-}"
 EVAL_SPLIT="${EVAL_SPLIT:-test}"
 FINETUNE_EPOCHS="${FINETUNE_EPOCHS:-10}"
 TIME_LIMIT="${TIME_LIMIT:-420}"
+DEADLINE_EPOCH="${DEADLINE_EPOCH:-}"
+REPORT_MARGIN_S="${REPORT_MARGIN_S:-20}"
+MIN_RUN_S="${MIN_RUN_S:-60}"
+AUGMENT_ON="${AUGMENT_ON:-}"
+PRETRAIN_ARGS="${PRETRAIN_ARGS:-}"
 EXTRA_ARGS="${EXTRA_ARGS:-}"
 OUT_DIR="${OUT_DIR:-$REPO/outputs/ablation_gpu}"  # git-ignored; kept between calls on a warm machine
 RESULTS_DIR="${RESULTS_DIR:-$REPO/benchmarks/results}"
@@ -50,6 +60,12 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"  # many processes share the CPU c
 
 start=$(date +%s)
 mkdir -p "$OUT_DIR/results" "$OUT_DIR/logs" "$RESULTS_DIR"
+# shellcheck source=benchmarks/_gpu_setup.sh
+source "$REPO/benchmarks/_gpu_setup.sh"
+artstyle_gpu_setup "$PYTHON" "$OUT_DIR/logs/setup.log"
+if [[ -z "$AUGMENT_ON" ]]; then
+  AUGMENT_ON=$("$PYTHON" -c "import torch; print('gpu' if torch.cuda.is_available() else 'auto')")
+fi
 "$PYTHON" - <<'EOF'
 import importlib, torch
 for name in ("timm", "transformers", "datasets", "accelerate", "sklearn", "matplotlib"):
@@ -59,16 +75,18 @@ print(f"torch {torch.__version__}, cuda {torch.cuda.is_available()}"
 EOF
 # build the dataset cache once, before the parallel runs race to build it
 "$PYTHON" -c "from artstyle.data import load_style_dataset; load_style_dataset('imagefolder', data_dir='$DATA_DIR', test_size=0.2, seed=0)"
-echo "setup done after $(( $(date +%s) - start )) s; data $DATA_DIR; steps $STEPS, batch $BATCH, seeds $SEEDS, settings $SETTINGS, $PARALLEL at once"
+echo "setup done after $(( $(date +%s) - start )) s; data $DATA_DIR; steps $STEPS, batch $BATCH, seeds $SEEDS, settings $SETTINGS, $PARALLEL at once, augment_on $AUGMENT_ON${DEADLINE_EPOCH:+, deadline in $(( DEADLINE_EPOCH - $(date +%s) )) s}"
 
 common=(--data_dir "$DATA_DIR" --output_dir "$OUT_DIR" --max_steps "$STEPS" --batch_size "$BATCH"
         --config_preset "$PRESET" --num_workers "$NUM_WORKERS" --augmentation "$AUGMENTATION"
-        --eval_split "$EVAL_SPLIT" --finetune_epochs "$FINETUNE_EPOCHS")
+        --eval_split "$EVAL_SPLIT" --finetune_epochs "$FINETUNE_EPOCHS"
+        "--pretrain_args=--augment_on $AUGMENT_ON $PRETRAIN_ARGS")
 [[ -n "$CONFIG_OVERRIDES" ]] && common+=(--config_overrides "$CONFIG_OVERRIDES")
 [[ -n "$MIXED_PRECISION" ]] && common+=(--mixed_precision "$MIXED_PRECISION")
 read -r -a extra <<< "$EXTRA_ARGS"
 
 pids=()
+not_started=0
 IFS=, read -r -a seed_list <<< "$SEEDS"
 IFS=, read -r -a setting_list <<< "$SETTINGS"
 for seed in "${seed_list[@]}"; do           # seed-major: a cut-short call still has complete pairs
@@ -78,15 +96,28 @@ for seed in "${seed_list[@]}"; do           # seed-major: a cut-short call still
       continue
     fi
     while (( $(jobs -rp | wc -l) >= PARALLEL )); do sleep 1; done
-    echo "start $setting seed $seed"
-    timeout --signal=TERM "$TIME_LIMIT" "$PYTHON" benchmarks/ablation.py "${common[@]}" --settings "$setting" \
-      --seeds "$seed" "${extra[@]}" > "$OUT_DIR/logs/${setting}__seed${seed}.log" 2>&1 &
+    limit="$TIME_LIMIT"
+    if [[ -n "$DEADLINE_EPOCH" ]]; then
+      left=$(( DEADLINE_EPOCH - $(date +%s) - REPORT_MARGIN_S ))
+      (( left < limit )) && limit="$left"
+      if (( limit < MIN_RUN_S )); then
+        echo "not started $setting seed $seed: only $limit s left before the deadline (MIN_RUN_S=$MIN_RUN_S)"
+        not_started=$((not_started + 1))
+        continue
+      fi
+    fi
+    echo "start $setting seed $seed (limit $limit s)"
+    # timeout signals the run's whole process group (run_pretrain.py and the DataLoader workers too)
+    timeout --signal=TERM --kill-after=10 "$limit" "$PYTHON" benchmarks/ablation.py "${common[@]}" \
+      --settings "$setting" --seeds "$seed" "${extra[@]}" > "$OUT_DIR/logs/${setting}__seed${seed}.log" 2>&1 &
     pids+=($!)
   done
 done
 failed=0
 for pid in "${pids[@]}"; do wait "$pid" || failed=$((failed + 1)); done
-(( failed )) && echo "$failed run(s) failed or hit TIME_LIMIT=$TIME_LIMIT s (rerun to resume); logs in $OUT_DIR/logs"
+(( failed )) && echo "$failed run(s) failed or hit their time limit (rerun to resume); logs in $OUT_DIR/logs"
+(( not_started )) && echo "$not_started run(s) not started: too little time left before DEADLINE_EPOCH"
+failed=$((failed + not_started))
 
 "$PYTHON" benchmarks/ablation.py --data_dir "$DATA_DIR" --output_dir "$OUT_DIR" --report_only > /dev/null
 if [[ -f "$OUT_DIR/ablation.md" ]]; then

@@ -1,0 +1,67 @@
+# Sourced (not run) by gpu_session.sh, gpu_check.sh and gpu_ablation.sh: the Python environment of a lent GPU machine.
+#
+#   source benchmarks/_gpu_setup.sh
+#   artstyle_gpu_setup PYTHON LOG_FILE    # from the repository root; returns 1 when torch or artstyle cannot be imported
+#
+# 1. wheels carried in $WHEELS_DIR (default .whl: datasets, evaluate, kornia, kornia_rs, dill, multiprocess for
+#    Python 3.12, see benchmarks/README.md) are installed ONCE into $ARTSTYLE_SITE (default /tmp/artstyle_site) when
+#    `import datasets, evaluate, kornia` fails; a folder installed by an earlier call on a warm machine is reused;
+# 2. artstyle: importable as installed, else from the repository (PYTHONPATH), else `pip install -e . --no-deps`;
+# 3. the versions of every dependency are printed (all missing ones named, not only the first).
+# Exports PYTHONPATH, the offline switches of the Hugging Face libraries and ARTSTYLE_GPU_SETUP_DONE=1, so that the
+# scripts a caller starts afterwards (gpu_session.sh -> gpu_ablation.sh, gpu_check.sh) skip all of this.
+
+artstyle_gpu_setup() {
+  local py="$1" log="$2"
+  export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+  if [[ -n "${ARTSTYLE_GPU_SETUP_DONE:-}" ]]; then
+    echo "setup: done already by the calling script (PYTHONPATH=${PYTHONPATH:-})" | tee -a "$log"
+    return 0
+  fi
+  local wheels="${WHEELS_DIR:-.whl}" site="${ARTSTYLE_SITE:-/tmp/artstyle_site}"
+  if ! "$py" -c "import datasets, evaluate, kornia" >/dev/null 2>&1; then
+    if [[ -d "$site" ]] && PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" "$py" -c "import datasets, evaluate, kornia" \
+        >/dev/null 2>&1; then
+      echo "setup: reusing the wheels installed earlier in $site" | tee -a "$log"
+    elif ls "$wheels"/*.whl >/dev/null 2>&1; then
+      echo "setup: installing carried wheels from $wheels into $site" | tee -a "$log"
+      "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
+        "$wheels"/*.whl 2>&1 | tail -n 3 | tee -a "$log" || true
+    else
+      echo "setup: datasets/evaluate/kornia missing and no wheels in $wheels (see benchmarks/README.md)" | tee -a "$log"
+    fi
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+  fi
+  if ! "$py" -c "import torch" >/dev/null 2>&1; then
+    echo "setup: torch is not installed for $py: nothing can run here (no internet to install it)" | tee -a "$log"
+    return 1
+  fi
+  if ! "$py" -c "import artstyle" >/dev/null 2>&1; then
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    echo "setup: artstyle not installed: using PYTHONPATH=$PWD" | tee -a "$log"
+    if ! "$py" -c "import artstyle" >/dev/null 2>&1; then
+      echo "setup: still not importable: pip install -e . --no-deps --no-build-isolation" | tee -a "$log"
+      "$py" -m pip install -e . --no-deps --no-build-isolation 2>&1 | tail -n 3 | tee -a "$log" || true
+    fi
+  fi
+  "$py" - <<'EOF' 2>&1 | tee -a "$log"
+import importlib
+for name in ("torch", "torchvision", "timm", "transformers", "accelerate", "datasets", "evaluate", "kornia",
+             "huggingface_hub", "sklearn", "matplotlib", "artstyle"):
+    try:
+        module = importlib.import_module(name)
+        print(f"{name} {getattr(module, '__version__', '?')}")
+    except Exception as error:  # report every missing dependency, not only the first
+        print(f"{name} MISSING: {error!r}")
+import torch
+if torch.cuda.is_available():
+    print("device:", torch.cuda.get_device_name(), "bf16:", torch.cuda.is_bf16_supported())
+else:
+    print("device: cpu (CUDA not available)")
+EOF
+  if ! "$py" -c "import artstyle" >/dev/null 2>&1; then
+    echo "setup: artstyle cannot be imported" | tee -a "$log"
+    return 1
+  fi
+  export ARTSTYLE_GPU_SETUP_DONE=1
+}
