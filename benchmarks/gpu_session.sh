@@ -32,7 +32,8 @@
 # outputs/ablation_gpu: the runs, resumable on a warm machine), DATA_DIR (default ./shared/data/realart-dev or
 # ../shared/data/realart-dev), ALLOW_CPU=1 (no CUDA: dry run of every phase with tiny sizes on the CPU),
 # PHASES (default setup,ablation,check; packaging always runs), ABLATION_SCRIPT / CHECK_SCRIPT (the phases' scripts,
-# for tests), PACK_MARGIN_S (default 25: kept for the packaging).
+# for tests), PACK_MARGIN_S (default 25: kept for the packaging), MIN_PHASE_S (default 30: a phase with less time
+# left is not started).
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -42,6 +43,7 @@ START=$(date +%s)
 DEADLINE=$((START + ${DEADLINE_S:-540}))
 ABLATION_BUDGET_S="${ABLATION_BUDGET_S:-300}"
 PACK_MARGIN_S="${PACK_MARGIN_S:-25}"
+MIN_PHASE_S="${MIN_PHASE_S:-30}"  # a phase with less time left is not started
 PHASES=",${PHASES:-setup,ablation,check},"
 ABLATION_SCRIPT="${ABLATION_SCRIPT:-benchmarks/gpu_ablation.sh}"
 CHECK_SCRIPT="${CHECK_SCRIPT:-benchmarks/gpu_check.sh}"
@@ -109,7 +111,7 @@ run_phases() {
       end=$((START + ABLATION_BUDGET_S))
       ((end > DEADLINE - PACK_MARGIN_S)) && end=$((DEADLINE - PACK_MARGIN_S))
       limit=$((end - t0))
-      if ((limit < 30)); then
+      if ((limit < MIN_PHASE_S)); then
         record ablation 1 0 "not run: only $limit s left in its budget"
       else
         local augment=gpu
@@ -141,7 +143,7 @@ run_phases() {
         skip_smoke=1
         reason="$cuda_runs run_pretrain.py run(s) of the ablation finished on CUDA in this call"
       fi
-      if ((limit < 30)); then
+      if ((limit < MIN_PHASE_S)); then
         record check 1 0 "not run: only $limit s left"
       else
         echo "=== [$(now) s] phase check: $CHECK_SCRIPT, at most $limit s"
