@@ -193,7 +193,16 @@ fi
 
 # --- summary: ONE JSON (missing parts stay null and are named under "missing")
 timeout 60 "$PY" benchmarks/gpu_check_summary.py "$LOG_DIR" 2>&1 | tee -a "$LOG_DIR/summary.txt"
-[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+if [ "${PIPESTATUS[0]}" -ne 0 ]; then
+  # a CPU dry run never compiles: only the compiled keys missing is its expected outcome
+  if [[ "$MODE" == cpu ]] && "$PY" -c "import json, sys; missing = set(json.load(open(sys.argv[1]))['missing']); \
+      sys.exit(0 if missing <= {'floor_ratio', 'full_ratio', 'compile_speedup'} else 1)" "$LOG_DIR/gpu_check.json" \
+      2>/dev/null; then
+    echo "CPU dry run: only the compiled keys are missing, as expected" | tee -a "$LOG_DIR/summary.txt"
+  else
+    status=1
+  fi
+fi
 
 echo "=== done in $(($(date +%s) - START)) s, status=$status; summary $LOG_DIR/gpu_check.json; logs in $LOG_DIR" \
   | tee -a "$LOG_DIR/summary.txt"

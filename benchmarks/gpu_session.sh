@@ -164,9 +164,20 @@ run_phases 2>&1 | tee "$WORK_DIR/session.log"
 echo "=== [$(now) s] packaging into $RETURN_DIR"
 [[ -s "$WORK_DIR/pythonpath" ]] && export PYTHONPATH="$(cat "$WORK_DIR/pythonpath")"
 pack_problems=()
-# gpu_check.json: from the check phase, else written here from whatever benchmark JSON exists (nulls + "missing")
+# gpu_check.json: from the check phase, else written here from whatever benchmark JSON exists (nulls + "missing"),
+# with gpu_check_summary.summarise and the device named by the setup (no torch import: works with a broken torch too)
 if [[ ! -f "$CHECK_DIR/gpu_check.json" ]]; then
-  timeout 60 "$PY" benchmarks/gpu_check_summary.py "$CHECK_DIR" > "$CHECK_DIR/gpu_check_summary.log" 2>&1
+  device_name=$(grep -h '^device:' "$WORK_DIR/setup.log" 2>/dev/null | tail -n 1 | sed -E 's/^device: //; s/ bf16:.*//')
+  timeout 60 "$PY" - "$CHECK_DIR" "${device_name:-unknown (setup not run)}" > "$CHECK_DIR/gpu_check_summary.log" 2>&1 <<'EOF'
+import json, sys
+from pathlib import Path
+sys.path.insert(0, "benchmarks")
+from gpu_check_summary import summarise
+summary = summarise(sys.argv[1], device=sys.argv[2])
+summary["written_by"] = "gpu_session.sh packaging (the check phase wrote none)"
+(Path(sys.argv[1]) / "gpu_check.json").write_text(json.dumps(summary, indent=2))
+print(json.dumps(summary, indent=2))
+EOF
   [[ -f "$CHECK_DIR/gpu_check.json" ]] || pack_problems+=("gpu_check.json could not be written (see gpu_check_summary.log)")
 fi
 [[ -f "$CHECK_DIR/gpu_check.json" ]] && cp "$CHECK_DIR/gpu_check.json" "$RETURN_DIR/"
@@ -203,7 +214,7 @@ fi
 SUMMARY="$RETURN_DIR/session_summary.txt"
 {
   echo "artstyle GPU session, $(date -u '+%Y-%m-%d %H:%M:%S UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-  echo "device: $(grep -h '^device:' "$WORK_DIR/setup.log" 2>/dev/null | tail -n 1 || true)"
+  echo "device: $(grep -h '^device:' "$WORK_DIR/setup.log" 2>/dev/null | tail -n 1 | sed 's/^device: //')"
   echo "deadline ${DEADLINE_S:-540} s, ablation budget $ABLATION_BUDGET_S s; ablation: steps ${STEPS:-600}, batch ${BATCH:-128}," \
     "parallel ${PARALLEL:-6}, workers ${NUM_WORKERS:-2}, seeds ${SEEDS:-0,1,2}, settings ${SETTINGS:-moco_v3,full}"
   echo
@@ -236,7 +247,9 @@ for seed in seeds:
                      f"{p.get('train_steps_per_second')} steps/s, {p.get('train_runtime_s')} s")
         if result.exists():
             r = json.loads(result.read_text())
-            extra += (f"; probe {r.get('linear_probe_acc')}, kNN {r.get('knn_acc')}, fine-tune {r.get('finetune_acc')}, "
+            acc = {k: r.get(k) if r.get(k) is None else round(r[k], 4) for k in ("linear_probe_acc", "knn_acc",
+                                                                                   "finetune_acc")}
+            extra += (f"; probe {acc['linear_probe_acc']}, kNN {acc['knn_acc']}, fine-tune {acc['finetune_acc']}, "
                       f"eval {r.get('eval_runtime_s')} s, total {r.get('total_runtime_s')} s")
         done[(setting, seed)] = result.exists()
         print(f"{setting:8s} seed {seed}: {state}{extra}")
@@ -262,7 +275,8 @@ EOF
     [[ "$rc" == 0 ]] && continue
     for log in "$WORK_DIR/$phase.log" "$WORK_DIR/setup.log"; do
       [[ "$phase" != setup && "$log" == "$WORK_DIR/setup.log" ]] && continue
-      [[ -f "$log" ]] && { echo "--- $(basename "$log") (phase $phase, exit $rc)"; tail -n 15 "$log"; }
+      # the last lines that are not the pretty-printed JSON of a summary
+      [[ -f "$log" ]] && { echo "--- $(basename "$log") (phase $phase, exit $rc)"; grep -vE '^( |\{|\}|\])' "$log" | tail -n 15; }
     done
   done < <(cat "$STATE" 2>/dev/null)
   IFS=, read -r -a seed_list <<< "${SEEDS:-0,1,2}"
