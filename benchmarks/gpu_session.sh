@@ -57,7 +57,7 @@ fi
 CHECK_DIR="$WORK_DIR/check"
 RESULTS_DIR="$WORK_DIR/ablation_results"
 STATE="$WORK_DIR/phases.tsv"  # one line per phase: name, exit code, seconds, note (phases run in a piped subshell)
-rm -rf "$CHECK_DIR" "$RESULTS_DIR" "$WORK_DIR/logs_staging" "$STATE" "$WORK_DIR/session.log"
+rm -rf "$CHECK_DIR" "$RESULTS_DIR" "$WORK_DIR/logs_staging" "$STATE" "$WORK_DIR/pythonpath" "$WORK_DIR"/*.log  # this call only
 mkdir -p "$WORK_DIR" "$CHECK_DIR" "$RESULTS_DIR" "$ABLATION_OUT_DIR" "$RETURN_DIR"
 touch "$WORK_DIR/start_marker"
 echo "gpu_session: returning files in $RETURN_DIR; logs in $WORK_DIR; deadline in $((DEADLINE - START)) s"
