@@ -107,9 +107,20 @@ for seed in "${seed_list[@]}"; do           # seed-major: a cut-short call still
       fi
     fi
     echo "start $setting seed $seed (limit $limit s)"
-    # timeout signals the run's whole process group (run_pretrain.py and the DataLoader workers too)
-    timeout --signal=TERM --kill-after=10 "$limit" "$PYTHON" benchmarks/ablation.py "${common[@]}" \
-      --settings "$setting" --seeds "$seed" "${extra[@]}" > "$OUT_DIR/logs/${setting}__seed${seed}.log" 2>&1 &
+    # timeout signals the run's whole process group (run_pretrain.py and the DataLoader workers too); the last line
+    # of the run's log says how it ended
+    (
+      log="$OUT_DIR/logs/${setting}__seed${seed}.log"
+      rc=0  # (set -e holds in this subshell too: the failure is caught, not fatal)
+      timeout --signal=TERM --kill-after=10 "$limit" "$PYTHON" benchmarks/ablation.py "${common[@]}" \
+        --settings "$setting" --seeds "$seed" "${extra[@]}" > "$log" 2>&1 || rc=$?
+      case "$rc" in
+        0) echo "gpu_ablation.sh: $setting seed $seed finished" >> "$log" ;;
+        124|137) echo "gpu_ablation.sh: $setting seed $seed KILLED at its time limit of $limit s (exit $rc)" >> "$log" ;;
+        *) echo "gpu_ablation.sh: $setting seed $seed FAILED (exit $rc)" >> "$log" ;;
+      esac
+      exit "$rc"
+    ) &
     pids+=($!)
   done
 done

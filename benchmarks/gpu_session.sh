@@ -286,8 +286,11 @@ EOF
       name="${setting}__seed${seed}"
       log="$ABLATION_OUT_DIR/logs/$name.log"
       if [[ ! -f "$ABLATION_OUT_DIR/results/$name.json" && -f "$log" ]]; then
-        echo "--- ablation run $name (no result)"; tail -n 10 "$log"
-        [[ -f "$ABLATION_OUT_DIR/runs/$name.log" ]] && { echo "--- its run_pretrain.py log"; tail -n 10 "$ABLATION_OUT_DIR/runs/$name.log"; }
+        # progress bars end their updates with carriage returns: one line each, the last few kept
+        echo "--- ablation run $name (no result)"; tr '\r' '\n' < "$log" | grep -v '^\s*$' | tail -n 10
+        if [[ -f "$ABLATION_OUT_DIR/runs/$name.log" ]]; then
+          echo "--- its run_pretrain.py log"; tr '\r' '\n' < "$ABLATION_OUT_DIR/runs/$name.log" | grep -v '^\s*$' | tail -n 6
+        fi
       fi
     done
   done
