@@ -1,6 +1,7 @@
 # Sourced (not run) by gpu_session.sh, gpu_check.sh and gpu_ablation.sh: the Python environment of a lent GPU machine.
 #
 #   source benchmarks/_gpu_setup.sh
+#   PYTHON=$(artstyle_pick_python)       # $PYTHON, else python if it imports torch, else python3
 #   artstyle_gpu_setup PYTHON LOG_FILE    # from the repository root; returns 1 when torch or artstyle cannot be imported
 #
 # 1. wheels carried in $WHEELS_DIR (default .whl: datasets, evaluate, kornia, kornia_rs, dill, multiprocess for
@@ -10,6 +11,18 @@
 # 3. the versions of every dependency are printed (all missing ones named, not only the first).
 # Exports PYTHONPATH, the offline switches of the Hugging Face libraries and ARTSTYLE_GPU_SETUP_DONE=1, so that the
 # scripts a caller starts afterwards (gpu_session.sh -> gpu_ablation.sh, gpu_check.sh) skip all of this.
+
+artstyle_pick_python() {  # the interpreter: $PYTHON if set, else `python` when it imports torch, else `python3`
+  if [[ -n "${PYTHON:-}" ]]; then
+    echo "$PYTHON"
+  elif command -v python >/dev/null 2>&1 && python -c "import torch" >/dev/null 2>&1; then
+    echo python
+  elif command -v python3 >/dev/null 2>&1; then
+    echo python3  # the device image's python3 is the one that holds PyTorch
+  else
+    echo python
+  fi
+}
 
 artstyle_gpu_setup() {
   local py="$1" log="$2"

@@ -24,7 +24,9 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
-PYTHON="${PYTHON:-python}"
+# shellcheck source=benchmarks/_gpu_setup.sh
+source "$REPO/benchmarks/_gpu_setup.sh"
+PYTHON="$(artstyle_pick_python)"
 if [[ -z "${DATA_DIR:-}" ]]; then
   for candidate in ../shared/data/realart-dev ./shared/data/realart-dev; do
     if [[ -d "$candidate" ]]; then DATA_DIR="$candidate"; break; fi
@@ -60,8 +62,6 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"  # many processes share the CPU c
 
 start=$(date +%s)
 mkdir -p "$OUT_DIR/results" "$OUT_DIR/logs" "$RESULTS_DIR"
-# shellcheck source=benchmarks/_gpu_setup.sh
-source "$REPO/benchmarks/_gpu_setup.sh"
 artstyle_gpu_setup "$PYTHON" "$OUT_DIR/logs/setup.log"
 if [[ -z "$AUGMENT_ON" ]]; then
   AUGMENT_ON=$("$PYTHON" -c "import torch; print('gpu' if torch.cuda.is_available() else 'auto')")

@@ -27,7 +27,9 @@
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
-PY="${PYTHON:-python}"
+# shellcheck source=benchmarks/_gpu_setup.sh
+source benchmarks/_gpu_setup.sh
+PY="$(artstyle_pick_python)"
 START=$(date +%s)
 LOG_DIR="${GPU_CHECK_DIR:-${OUT:-$(mktemp -d -t artstyle_gpu_check.XXXXXX)}}"
 mkdir -p "$LOG_DIR"
@@ -37,8 +39,6 @@ export ARTSTYLE_CACHE="${ARTSTYLE_CACHE:-$LOG_DIR/datasets_cache}"
 echo "logs: $LOG_DIR; budget: $((DEADLINE - START)) s"
 status=0
 
-# shellcheck source=benchmarks/_gpu_setup.sh
-source benchmarks/_gpu_setup.sh
 if ! artstyle_gpu_setup "$PY" "$LOG_DIR/env.log"; then
   echo "setup failed (see env.log): stopping" | tee -a "$LOG_DIR/summary.txt"
   exit 1

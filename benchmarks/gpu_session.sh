@@ -38,7 +38,10 @@ set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
-PY="${PYTHON:-python}"
+# shellcheck source=benchmarks/_gpu_setup.sh
+source benchmarks/_gpu_setup.sh
+PY="$(artstyle_pick_python)"
+export PYTHON="$PY"  # the phases' scripts use the same interpreter
 START=$(date +%s)
 DEADLINE=$((START + ${DEADLINE_S:-540}))
 ABLATION_BUDGET_S="${ABLATION_BUDGET_S:-300}"
@@ -81,8 +84,6 @@ run_phases() {
   if [[ "$PHASES" == *,setup,* ]]; then
     local t0
     t0=$(date +%s)
-    # shellcheck source=benchmarks/_gpu_setup.sh
-    source benchmarks/_gpu_setup.sh
     if artstyle_gpu_setup "$PY" "$WORK_DIR/setup.log"; then
       if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
         record setup 0 $(($(date +%s) - t0)) "$(grep '^device:' "$WORK_DIR/setup.log" | tail -n 1)"
