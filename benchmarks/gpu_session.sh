@@ -20,12 +20,14 @@
 # Default ablation size (env STEPS BATCH PARALLEL NUM_WORKERS SEEDS SETTINGS FINETUNE_EPOCHS ...; gpu_ablation.sh
 # documents them all): 600 steps of batch 128 (tiny preset, 64 px), 6 runs at once, 2 loader workers each. Arithmetic:
 # the last H200 measurement ran ~7.6 steps/s per run, loader-bound (CPU augmentation, 7 workers per run, 2 runs); the
-# GPU augmentation's target is >= 40 steps/s for one run. Six runs share one GPU and 16 cores, so assume a fifth of the
-# target, ~8 steps/s, and still only ~5 steps/s (contention, the GPU augmentation's own kernels): 600 steps take
+# GPU augmentation's target is >= 40 steps/s for one run. Six runs share one GPU and 16 cores: count on a fifth of the
+# target (~8 steps/s) and plan for ~5 steps/s (contention, the GPU augmentation's own kernels): 600 steps take
 # 75-120 s; + ~30 s start-up (imports, datasets cache, model) + ~40 s evaluation (features, probe, a 10-epoch fine-tune
-# on 3,600 images of 64 px) = 145-190 s per run, all 6 in parallel, inside the ~240 s left for the runs after the
-# phase's setup (~40 s: wheels, dataset cache) and before its report (~20 s). 1,200 steps (issue 10's earlier budget)
-# would need ~9 steps/s per run under contention: set STEPS=1200 once a session has measured the rate
+# on 3,600 images of 64 px) = 145-190 s per run, all 6 in parallel. The runs get 210-230 s: they start after the
+# session's setup (~25 s: wheels, versions) and the phase's own (~20-40 s: imports, dataset cache), and are killed
+# 25 s before the phase ends at 300 s (its report: ~10 s). 1,200 steps (issue 10's earlier budget)
+# would need >= 8 steps/s per run under contention (1,200 steps in the ~160 s left after start-up and evaluation):
+# set STEPS=1200 once a session has measured the rate
 # (session_summary.txt prints each run's train_steps_per_second).
 #
 # Other env: PYTHON, OUT, WORK_DIR (default outputs/gpu_session: this call's logs), ABLATION_OUT_DIR (default
