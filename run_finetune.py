@@ -142,6 +142,9 @@ class FinetuneArguments:
     output_dir: str = field(default="outputs/finetune", metadata={"help": "Where the model and results go."})
     linear_probe: bool = field(default=False, metadata={"help": "Frozen encoder, train a linear head only."})
     knn: bool = field(default=False, metadata={"help": "Only evaluate frozen features with a weighted kNN."})
+    linear_probe_init: bool = field(default=False, metadata={
+        "help": "LP-FT (Kumar et al., 2022): fit the head on frozen features first (the --linear_probe recipe), "
+                "then fine-tune everything from there."})
     knn_k: int = field(default=20, metadata={"help": "Neighbours of the kNN classifier."})
     knn_temperature: float = field(default=0.07, metadata={"help": "Temperature of the kNN vote weights."})
     num_train_epochs: int = field(default=5, metadata={"help": "Fine-tuning epochs."})
@@ -295,6 +298,22 @@ def build_optimizer(model: nn.Module, train_args: FinetuneArguments) -> torch.op
     return torch.optim.AdamW(groups, lr=train_args.learning_rate, betas=(0.9, 0.999))
 
 
+def initialise_head_by_linear_probe(model, data: StyleData, image_processor, data_args: DataArguments,
+                                    train_args: FinetuneArguments, accelerator) -> None:
+    """LP-FT's first stage: ``model.classifier`` := a linear probe fitted on the frozen encoder's features of the
+    (unaugmented) training split; the parameters' ``requires_grad`` flags are restored afterwards."""
+    features = build_loaders(data, image_processor, data_args, train_args, "linear_probe")["train_features"]
+    trainable = [p.requires_grad for p in model.parameters()]
+    model.to(accelerator.device)
+    fit_linear_probe(model, accelerator.prepare(features), accelerator, len(data.label_names),
+                     multi_label=data.multi_label_train, seed=train_args.seed, epochs=train_args.probe_epochs,
+                     learning_rate=train_args.probe_learning_rate, weight_decay=train_args.probe_weight_decay)
+    for parameter, flag in zip(model.parameters(), trainable):
+        parameter.requires_grad_(flag)
+    logger.info("classification head initialised by a linear probe (%d epochs on frozen features)",
+                train_args.probe_epochs)
+
+
 # ------------------------------------------------------------------------------------------------
 # Main
 # ------------------------------------------------------------------------------------------------
@@ -322,7 +341,8 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
                 {key: multi for key, (_, multi) in data.eval_columns.items()})
 
     model = build_model(model_args, data.label_names, data.multi_label_train)
-    loaders = build_loaders(data, build_image_processor(model.config), data_args, train_args, mode)
+    image_processor = build_image_processor(model.config)
+    loaders = build_loaders(data, image_processor, data_args, train_args, mode)
     compile_model(model, train_args.torch_compile, train_args.torch_compile_backend, train_args.torch_compile_mode)
     results: dict[str, Any] = {"mode": mode, "dataset": data_args.dataset_name,
                                "model_name_or_path": model_args.model_name_or_path, "eval_split": data.eval_split,
@@ -358,6 +378,8 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         summary = {"mode": "linear probe (frozen encoder)", "probe_epochs": train_args.probe_epochs,
                    "probe_learning_rate": train_args.probe_learning_rate}
     else:
+        if train_args.linear_probe_init:
+            initialise_head_by_linear_probe(model, data, image_processor, data_args, train_args, accelerator)
         optimizer = build_optimizer(model, train_args)
         mixup_fn = build_mixup(train_args, len(data.label_names), data.multi_label_train)
         criterion = build_criterion(train_args, mixup_fn, data.multi_label_train)
@@ -396,7 +418,8 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         accelerator.unwrap_model(model).load_state_dict(best_state)
         results.update(best_epoch=best_epoch, history=history, train_steps=state.step,
                        num_skipped_images=state.skipped_images)
-        summary = {"mode": "full fine-tune", "epochs": num_epochs, "updates": state.step,
+        summary = {"mode": "full fine-tune" + (" after a linear probe (LP-FT)" if train_args.linear_probe_init else ""),
+                   "epochs": num_epochs, "updates": state.step,
                    "learning_rate": train_args.learning_rate, "layer_decay": train_args.layer_decay,
                    "weight_decay": train_args.weight_decay, "mixup": train_args.mixup, "cutmix": train_args.cutmix,
                    "label_smoothing": train_args.label_smoothing,

@@ -9,6 +9,7 @@ from transformers import PretrainedConfig
 
 _POOLERS = ("cls", "fused", "fused_style")
 _SOFT_MODES = ("soft", "ascl")
+_GRAM_LOSSES = ("mse", "infonce")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -61,6 +62,10 @@ class ArtStyleConfig(PretrainedConfig):
         gram_layer (`int`, default -1): block whose patch tokens give the Gram matrix (negative allowed).
         gram_dim (`int`, default 64): channels C of the two learned maps; the Gram matrix is C×C.
         style_dim (`int`, default 256): width of the style vector projected from the flattened Gram matrix.
+        gram_loss (`str`, default `"mse"`): `"mse"` (the paper: squared error between the student's and the teacher's
+            Gram matrices of the two views; it has a constant solution) or `"infonce"` (the same pairs contrasted
+            against the other images' teacher Gram matrices, temperature `tau_gram`: cannot collapse).
+        tau_gram (`float`, default 0.2): temperature of `gram_loss="infonce"`.
     Representation
         pooler (`str`, default `"cls"`): the `pooler_output`: `"cls"` (the ViT's head input), `"fused"` (attention
             pooling of the fused layer tokens) or `"fused_style"` (fused vector + Gram style vector, projected).
@@ -124,6 +129,8 @@ class ArtStyleConfig(PretrainedConfig):
         weight_layerwise: float = 0.5,
         weight_distill: float = 0.5,
         weight_gram: float = 1.0,
+        gram_loss: str = "mse",
+        tau_gram: float = 0.2,
         momentum_base: float = 0.99,
         momentum_final: float = 1.0,
         initializer_range: float = 0.02,
@@ -159,6 +166,8 @@ class ArtStyleConfig(PretrainedConfig):
         self.weight_layerwise = weight_layerwise
         self.weight_distill = weight_distill
         self.weight_gram = weight_gram
+        self.gram_loss = gram_loss
+        self.tau_gram = tau_gram
         self.momentum_base = momentum_base
         self.momentum_final = momentum_final
         self.initializer_range = initializer_range
@@ -168,7 +177,7 @@ class ArtStyleConfig(PretrainedConfig):
     # ------------------------------------------------------------------ validation and derived values
     def validate_artstyle(self) -> None:
         """Check every field; raise ``ValueError`` naming the first bad one."""
-        for name in ("tau_student", "tau_teacher", "tau_layerwise", "tau_distill"):
+        for name in ("tau_student", "tau_teacher", "tau_layerwise", "tau_distill", "tau_gram"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"`{name}` must be a positive number, got {value!r}")
@@ -176,6 +185,8 @@ class ArtStyleConfig(PretrainedConfig):
             raise ValueError(f"`soft_alpha` must lie in [0, 1], got {self.soft_alpha!r}")
         if self.soft_mode not in _SOFT_MODES:
             raise ValueError(f"`soft_mode` must be one of {_SOFT_MODES}, got {self.soft_mode!r}")
+        if self.gram_loss not in _GRAM_LOSSES:
+            raise ValueError(f"`gram_loss` must be one of {_GRAM_LOSSES}, got {self.gram_loss!r}")
         if self.pooler not in _POOLERS:
             raise ValueError(f"`pooler` must be one of {_POOLERS}, got {self.pooler!r}")
         for name in ("weight_contrastive", "weight_layerwise", "weight_distill", "weight_gram"):

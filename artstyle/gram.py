@@ -52,4 +52,30 @@ class GramMSELoss(nn.Module):
         return (student_gram - teacher_gram).pow(2).flatten(1).sum(1).mean()
 
 
-__all__ = ["LearnableGram", "GramMSELoss"]
+class GramContrastiveLoss(nn.Module):
+    """InfoNCE between student and (stop-gradient) teacher Gram matrices: the Gram term with negatives.
+
+    ``g_b = vec(G_student,b)``, ``k_j = vec(sg(G_teacher,j))`` (both already L2-normalised by [`LearnableGram`]);
+    ``L = −1/B · Σ_b log softmax_j(g_b·k_j / τ)[offset + b]`` over the teacher Gram matrices ``k`` of the whole
+    (gathered) batch. Unlike [`GramMSELoss`], whose minimum is reached when every image has the same Gram matrix,
+    this term is lowest when an image's Gram matrix is closer to its other view's than to any other image's, so the
+    learned style statistics cannot collapse to a constant. ``config.gram_loss = "infonce"`` (our departure from
+    the paper's MSE; see docs/method.md).
+    """
+
+    def __init__(self, temperature: float):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.temperature = temperature
+
+    def forward(self, student_gram: torch.Tensor, teacher_grams: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """``student_gram`` ``[B, C, C]``; ``teacher_grams`` ``[M, C, C]`` gathered over processes (``M >= B``)."""
+        query = student_gram.flatten(1).float()
+        keys = teacher_grams.detach().flatten(1).float()
+        logits = query @ keys.T / self.temperature
+        targets = torch.arange(query.shape[0], device=query.device) + offset
+        return F.cross_entropy(logits, targets)
+
+
+__all__ = ["LearnableGram", "GramMSELoss", "GramContrastiveLoss"]

@@ -24,7 +24,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_artstyle import ArtStyleConfig
 from .distillation import MultiLayerSelfDistillation
-from .gram import GramMSELoss, LearnableGram
+from .gram import GramContrastiveLoss, GramMSELoss, LearnableGram
 from .heads import PerLayerMLP, PredictorHead, ProjectorHead
 from .layer_fusion import AttentionLayerFusion, LayerNormPerLayer, LayerwiseContrast
 from .losses import gather_from_all
@@ -69,7 +69,7 @@ class ArtStylePretrainingOutput(ModelOutput):
     """Output of [`ArtStyleForPretraining`]: the weighted total and every term (float32 scalars; 0 when off).
 
     loss: total; loss_contrastive: similarity-aware soft contrast (queue); loss_layerwise: attention-guided layer-wise
-    contrast; loss_distill: multi-layer self-distillation; loss_gram: Gram MSE.
+    contrast; loss_distill: multi-layer self-distillation; loss_gram: Gram loss (MSE or InfoNCE, `config.gram_loss`).
     pooler_output (`[B, D]`): student representation of the first view (for monitoring).
     fusion_pool_weights / fusion_weights: student attention weights of the first view (for plots).
     """
@@ -346,6 +346,7 @@ class ArtStyleForPretraining(ArtStylePreTrainedModel):
                                                     config.soft_mode)
         self.distillation = MultiLayerSelfDistillation(self.distill_layers, config.tau_distill)
         self.gram_mse = GramMSELoss()
+        self.gram_nce = GramContrastiveLoss(config.tau_gram)
         self.post_init()
         self.copy_student_to_teacher()
 
@@ -424,7 +425,10 @@ class ArtStyleForPretraining(ArtStylePreTrainedModel):
             layerwise = symmetric(lambda s, t, k: self.layer_projector.loss(s.layers, t.layers))
         if config.weight_distill > 0:
             distill = symmetric(lambda s, t, k: self.distillation.loss(s.distill, k.keys, k.offset))
-        if config.weight_gram > 0:
+        if config.weight_gram > 0 and config.gram_loss == "infonce":
+            gram_keys = [gather_from_all(t.gram) for t in teachers]  # other images' Gram matrices: negatives
+            gram = (self.gram_nce(students[0].gram, *gram_keys[1]) + self.gram_nce(students[1].gram, *gram_keys[0])) / 2
+        elif config.weight_gram > 0:
             gram = symmetric(lambda s, t, k: self.gram_mse(s.gram, t.gram))
 
         # enqueue only now: the keys of this batch must not be negatives of either symmetric term

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from artstyle import ArtStyleForPretraining
 from artstyle.distillation import MultiLayerSelfDistillation
-from artstyle.gram import GramMSELoss, LearnableGram
+from artstyle.gram import GramContrastiveLoss, GramMSELoss, LearnableGram
 from artstyle.layer_fusion import AttentionLayerFusion, LayerwiseContrast
 from artstyle.soft_contrast import KeyQueue
 
@@ -84,6 +84,38 @@ def test_gram_loss_is_frobenius_squared_averaged_over_the_batch_and_stops_teache
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     loss.backward()
     assert teacher.grad is None and student.grad is not None
+
+
+@pytest.mark.parametrize("offset", [0, 2])
+def test_gram_contrastive_loss_is_infonce_over_flattened_grams_with_the_rank_offset(offset):
+    student = F.normalize(torch.randn(3, 16), dim=1).view(3, 4, 4).requires_grad_(True)
+    teacher = F.normalize(torch.randn(6, 16), dim=1).view(6, 4, 4).requires_grad_(True)  # 2 processes' batches
+    loss = GramContrastiveLoss(0.3)(student, teacher, offset)
+    q, k = student.detach().flatten(1).double().numpy(), teacher.detach().flatten(1).double().numpy()
+    logits = q @ k.T / 0.3
+    log_prob = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    assert loss.item() == pytest.approx(-np.mean([log_prob[i, offset + i] for i in range(3)]), rel=1e-5)
+    loss.backward()
+    assert teacher.grad is None and student.grad is not None
+
+
+def test_gram_mse_rewards_a_constant_gram_and_the_contrastive_gram_loss_does_not():
+    """The collapse the InfoNCE variant exists for: every image with the same Gram matrix is the MSE's minimum
+    (0), while InfoNCE gives it log(M) — no better than chance — and a spread-out batch scores far lower."""
+    constant = F.normalize(torch.ones(4, 9), dim=1).view(4, 3, 3)
+    assert GramMSELoss()(constant, constant).item() == pytest.approx(0.0, abs=1e-7)
+    assert GramContrastiveLoss(0.1)(constant, constant).item() == pytest.approx(math.log(4), rel=1e-5)
+    spread = torch.eye(9)[:4].view(4, 3, 3)  # orthogonal Gram vectors
+    assert GramContrastiveLoss(0.1)(spread, spread).item() < 0.01
+
+
+def test_gram_loss_and_its_temperature_are_validated():
+    with pytest.raises(ValueError, match="gram_loss"):
+        tiny_config(gram_loss="l1")
+    with pytest.raises(ValueError, match="tau_gram"):
+        tiny_config(tau_gram=0.0)
+    with pytest.raises(ValueError, match="temperature"):
+        GramContrastiveLoss(-1.0)
 
 
 # ---------------------------------------------------------------------------------------------- layer fusion

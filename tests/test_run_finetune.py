@@ -4,11 +4,12 @@ import json
 
 import pytest
 import torch
+from accelerate import Accelerator
 from safetensors.torch import load_file
 
 import run_finetune
-from artstyle import ArtStyleForImageClassification
-from artstyle.evaluation import knn_classify, layer_decay_param_groups, train_linear_probe
+from artstyle import ArtStyleForImageClassification, build_image_processor
+from artstyle.evaluation import fit_linear_probe, knn_classify, layer_decay_param_groups, train_linear_probe
 
 from conftest import tiny_config
 
@@ -227,3 +228,41 @@ def test_deprecated_flag_names_still_work_with_a_warning():
     model = run_finetune.build_model(model_args, ["a", "b"], multi_label=False)
     config = model.config
     assert (config.backbone_depth, config.image_size, config.drop_path_rate, config.num_labels) == (2, 32, 0.2, 2)
+
+
+def test_linear_probe_init_puts_the_probe_head_in_place_and_leaves_everything_trainable(finetuned, demo_options,
+                                                                                        tmp_path):
+    """LP-FT's first stage: the head equals a linear probe fitted on the frozen encoder (same seed and recipe), the
+    encoder is untouched, and every parameter that was trainable is trainable again for the fine-tune."""
+    source, _ = finetuned
+    model_args, data_args, train_args = run_finetune.parse_args([
+        "--model_name_or_path", str(source), "--linear_probe_init", "--dataset_options", demo_options,
+        "--output_dir", str(tmp_path), "--probe_epochs", "5", "--per_device_eval_batch_size", "16", "--seed", "3"])
+    data = run_finetune.load_data(data_args)
+    accelerator = Accelerator(cpu=True)
+    model = run_finetune.build_model(model_args, data.label_names, False)
+    model.artstyle.fusion.requires_grad_(False)  # a part frozen by the user stays frozen
+    processor = build_image_processor(model.config)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    run_finetune.initialise_head_by_linear_probe(model, data, processor, data_args, train_args, accelerator)
+
+    reference = run_finetune.build_model(model_args, data.label_names, False)
+    features = run_finetune.build_loaders(data, processor, data_args, train_args, "linear_probe")["train_features"]
+    head = fit_linear_probe(reference, features, accelerator, len(data.label_names), seed=3, epochs=5,
+                            learning_rate=train_args.probe_learning_rate, weight_decay=train_args.probe_weight_decay)
+    torch.testing.assert_close(model.classifier.weight, head.weight)
+    torch.testing.assert_close(model.classifier.bias, head.bias)
+    assert not torch.equal(model.classifier.weight, before["classifier.weight"])
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("artstyle."))
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {f"artstyle.fusion.{n}" for n, _ in model.artstyle.fusion.named_parameters()}
+
+
+def test_finetune_with_linear_probe_init_says_so_in_its_card(finetuned, demo_options, tmp_path):
+    source, _ = finetuned
+    run_finetune.main([
+        "--model_name_or_path", str(source), "--linear_probe_init", "--dataset_options", demo_options,
+        "--output_dir", str(tmp_path), "--probe_epochs", "3", "--max_train_steps", "1",
+        "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--save_plots", "false"])
+    assert "linear probe (LP-FT)" in (tmp_path / "README.md").read_text()

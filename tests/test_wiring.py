@@ -101,7 +101,10 @@ def reference_losses(model, x1, x2, queue_before, pairs=((0, 1), (1, 0))):
                                            config.tau_layerwise) for s, t in pairs]),
         "distill": np.mean([refs.infonce(students[s]["distill"].numpy(), teachers[t]["key"].numpy(),
                                          config.tau_distill) for s, t in pairs]),
-        "gram": np.mean([refs.gram_mse(students[s]["gram"], teachers[t]["gram"]) for s, t in pairs]),
+        "gram": np.mean([refs.gram_mse(students[s]["gram"], teachers[t]["gram"]) if config.gram_loss == "mse"
+                         else refs.infonce(students[s]["gram"].flatten(1).numpy(),
+                                           teachers[t]["gram"].flatten(1).numpy(), config.tau_gram)
+                         for s, t in pairs]),
     }
     return losses, teachers
 
@@ -120,9 +123,9 @@ def _run_forward(pointer=21, batch=5, **overrides):
 
 
 # ---------------------------------------------------------------------------------------------- loss wiring
-@pytest.mark.parametrize("pooler", ["cls", "fused"])
-def test_every_loss_pairs_student_of_one_view_with_teacher_of_the_other(pooler):
-    model, out, queue_before, (x1, x2) = _run_forward(pooler=pooler)
+@pytest.mark.parametrize("pooler, gram_loss", [("cls", "mse"), ("fused", "mse"), ("cls", "infonce")])
+def test_every_loss_pairs_student_of_one_view_with_teacher_of_the_other(pooler, gram_loss):
+    model, out, queue_before, (x1, x2) = _run_forward(pooler=pooler, gram_loss=gram_loss, tau_gram=0.3)
     expected, _ = reference_losses(model, x1, x2, queue_before)
     for name in TERMS:
         assert getattr(out, f"loss_{name}").item() == pytest.approx(expected[name], rel=2e-4), name
