@@ -142,9 +142,9 @@ class FinetuneArguments:
     output_dir: str = field(default="outputs/finetune", metadata={"help": "Where the model and results go."})
     linear_probe: bool = field(default=False, metadata={"help": "Frozen encoder, train a linear head only."})
     knn: bool = field(default=False, metadata={"help": "Only evaluate frozen features with a weighted kNN."})
-    linear_probe_init: bool = field(default=False, metadata={
+    linear_probe_init: bool = field(default=True, metadata={
         "help": "LP-FT (Kumar et al., 2022): fit the head on frozen features first (the --linear_probe recipe), "
-                "then fine-tune everything from there."})
+                "then fine-tune everything from there (--linear_probe_init false: a fresh head, plain fine-tune)."})
     knn_k: int = field(default=20, metadata={"help": "Neighbours of the kNN classifier."})
     knn_temperature: float = field(default=0.07, metadata={"help": "Temperature of the kNN vote weights."})
     num_train_epochs: int = field(default=5, metadata={"help": "Fine-tuning epochs."})

@@ -123,7 +123,7 @@ class PretrainingArguments:
     output_dir: str = field(default="outputs/pretrain", metadata={"help": "Where the model, logs and checkpoints go."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow an output_dir with checkpoints."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Images per process per micro-batch."})
-    num_train_epochs: int = field(default=1, metadata={"help": "Epochs (ignored when --max_train_steps is set)."})
+    num_train_epochs: int = field(default=4, metadata={"help": "Epochs (ignored when --max_train_steps is set)."})
     max_train_steps: int | None = field(default=None, metadata={"help": "Total optimisation steps (overrides epochs)."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimisation step."})
     learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate (after warmup)."})

@@ -20,6 +20,9 @@ Settings (``--settings``; a profile picks a default list):
   moco_v3+gram       baseline + learnable Gram loss (weight_gram)
   full               all four components (the preset's defaults), CLS pooler
   full_fused         all four, pooler "fused";  full_fused_style: all four, pooler "fused_style"
+  full+gram_mse      all four, the paper's Gram term: MSE between the two views' Gram matrices (``gram_loss="mse"``)
+  full+gram_infonce  all four, the Gram term as InfoNCE against the other images (``gram_loss="infonce"``)
+  full+late_layers   all four, layer-wise contrast and distillation on the later half of the blocks only
 
 Component values (weights, soft_alpha) are the preset's defaults, read from ``ArtStyleConfig``.
 
@@ -63,8 +66,10 @@ RECORD_FIELDS = ("setting", "seed", "steps", "batch", "image_size", "linear_prob
                  "finetune_acc")
 METRICS = (("linear_probe_acc", "linear probe"), ("knn_acc", "kNN"), ("finetune_acc", "fine-tune"))
 
+# variants of the full method that the method work of issue 10 compares (see docs/method.md)
+FULL_VARIANTS = ("gram_mse", "gram_infonce", "late_layers")
 ALL_SETTINGS = (["random_init", "moco_v3"] + [f"moco_v3+{name}" for name in COMPONENTS]
-                + ["full", "full_fused", "full_fused_style"])
+                + ["full", "full_fused", "full_fused_style"] + [f"full+{name}" for name in FULL_VARIANTS])
 PROFILES = {
     "quick": {"settings": ["random_init", "moco_v3", "full"], "seeds": [0], "minutes": None, "max_steps": 200,
               "batch_size": 64},
@@ -166,6 +171,11 @@ def setting_overrides(setting: str, args: argparse.Namespace) -> dict:
     overrides = dict(args.config_overrides)
     if setting in ("random_init", "full"):
         return overrides
+    if setting in ("full+gram_mse", "full+gram_infonce"):  # the paper's Gram MSE / the Gram InfoNCE (no collapse)
+        return {**overrides, "gram_loss": setting.removeprefix("full+gram_")}
+    if setting == "full+late_layers":  # layer-wise contrast and distillation on the later half of the blocks only
+        late = list(range(defaults.num_blocks // 2, defaults.num_blocks))
+        return {**overrides, "fusion_layers": late, "distill_layers": late}
     if setting.startswith("full_"):
         return {**overrides, "pooler": setting.removeprefix("full_")}
     baseline = defaults.moco_v3_baseline()

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -159,3 +160,19 @@ def test_gpu_ablation_script_dry_run_on_cpu(class_folders, tmp_path):
     again = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_ablation.sh")], env=env, cwd=REPO,
                            capture_output=True, text=True)
     assert again.returncode == 0 and "skip moco_v3 seed 0" in again.stdout + again.stderr
+
+
+def test_full_variants_change_only_their_own_fields():
+    """full+gram_mse / full+gram_infonce / full+late_layers are the default full method with one change each."""
+    ablation = load_ablation()
+    args = SimpleNamespace(config_preset="tiny", config_overrides={"backbone_depth": 6})
+    full = ablation.setting_overrides("full", args)
+    assert ablation.setting_overrides("full+gram_infonce", args) == {**full, "gram_loss": "infonce"}
+    assert ablation.setting_overrides("full+gram_mse", args) == {**full, "gram_loss": "mse"}
+    late = ablation.setting_overrides("full+late_layers", args)
+    assert late == {**full, "fusion_layers": [3, 4, 5], "distill_layers": [3, 4, 5]}
+    config = ablation.build_config(late, "tiny")
+    assert config.resolved_fusion_layers() == [3, 4, 5] and config.components == {
+        name: True for name in config.components}
+    for variant in ablation.FULL_VARIANTS:
+        assert f"full+{variant}" in ablation.ALL_SETTINGS
