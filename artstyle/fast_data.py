@@ -59,6 +59,7 @@ __all__ = [
     "augment_generator",
     "build_decoded_cache",
     "collate_decoded",
+    "decoded_cache_path",
     "decode_to_uint8",
     "default_decode_size",
     "make_two_view_batch",
@@ -171,6 +172,11 @@ def _cache_paths(dataset: DecodedImages, cache_dir: str | os.PathLike | None) ->
     return stem.with_suffix(".npy"), stem.with_name(stem.name + "_sizes.npy")
 
 
+def decoded_cache_path(dataset: DecodedImages, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The ``.npy`` path where `build_decoded_cache` writes (and finds) the cache of ``dataset``."""
+    return _cache_paths(dataset, cache_dir)[0]
+
+
 class _Indexed(torch.utils.data.Dataset):
     def __init__(self, dataset):
         self.dataset = dataset
@@ -203,8 +209,10 @@ def build_decoded_cache(dataset: DecodedImages, cache_dir: str | os.PathLike | N
         tmp_sizes = sizes_path.with_name(sizes_path.name + ".tmp.npy")
         pixels = np.lib.format.open_memmap(tmp_pixels, mode="w+", dtype=np.uint8, shape=(count, 3, size, size))
         sizes = np.full((count, 2), -1, dtype=np.int32)
+        # own generator: iterating a DataLoader draws its base seed, which must not move the global RNG
+        # (a run that builds the cache then initialises its model exactly as one that reuses it, or has none)
         loader = torch.utils.data.DataLoader(_Indexed(dataset), batch_size=batch_size, num_workers=num_workers,
-                                             collate_fn=list)
+                                             collate_fn=list, generator=torch.Generator())
         for chunk in loader:
             for index, item in chunk:
                 if item is not None:
