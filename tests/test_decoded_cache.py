@@ -2,6 +2,8 @@
 
 import json
 import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -68,6 +70,26 @@ def test_cached_items_equal_decoded_items_on_the_demo(tmp_path):
         assert a["pixel_values_uint8"].dtype == torch.uint8 and torch.equal(a["pixel_values_uint8"],
                                                                             b["pixel_values_uint8"])
         assert a["image_size"] == b["image_size"]
+
+
+def test_two_concurrent_builders_decode_once(tmp_path, monkeypatch):
+    """Two runs building the same cache at once: one decodes, the other waits on the lock and reuses its file."""
+    decoded = _demo_decoded(tmp_path)
+    reference = [decoded[i]["pixel_values_uint8"] for i in range(len(decoded))]
+    calls, original = [], DecodedImages.__getitem__
+
+    def slow_decode(self, index):
+        calls.append(index)
+        time.sleep(0.005)  # keeps the first builder busy while the second one starts
+        return original(self, index)
+
+    monkeypatch.setattr(DecodedImages, "__getitem__", slow_decode)
+    with ThreadPoolExecutor(2) as pool:
+        paths = list(pool.map(lambda _: build_decoded_cache(DecodedImages(decoded.dataset, 40)), range(2)))
+    assert paths[0] == paths[1] and sorted(calls) == list(range(len(decoded)))  # decoded once, not twice
+    assert not list(paths[0].parent.glob("*.tmp.npy"))
+    cached = CachedDecodedImages(paths[0])
+    assert all(torch.equal(cached[i]["pixel_values_uint8"], reference[i]) for i in range(len(decoded)))
 
 
 def test_decoded_cache_on_trains_like_off_and_is_reused(tmp_path, caplog):
