@@ -5,7 +5,7 @@ Workers only decode and shrink (`DecodedImages`: RGB, longer side at most ``deco
 ``decode_size`` square by repeating the last row/column, the valid ``(height, width)`` returned beside it); the
 augmentation runs batched on the device (`artstyle.gpu_augment.GPUTwoViewAugment`). For collections that fit in
 memory, `build_decoded_cache` decodes once into a ``.npy`` beside the datasets cache, and `CachedDecodedImages`
-serves it without any decoding.
+serves it without any decoding (``run_pretrain.py --decoded_cache``, see ``with_decoded_cache`` there).
 
 Wiring in ``run_pretrain.py`` (the script owner adds ``--augment_on {auto,cpu,gpu}`` and ``--decode_size``)::
 
@@ -237,10 +237,20 @@ class CachedDecodedImages(torch.utils.data.Dataset):
         for file in (path, sizes_path):
             if not file.is_file():
                 raise FileNotFoundError(f"decoded cache file {file} not found (build it with build_decoded_cache)")
+        self.path = path
         self.pixels = np.load(path, mmap_mode="r")
         self.sizes = np.load(sizes_path)
         if self.pixels.shape[0] != self.sizes.shape[0]:
             raise ValueError(f"decoded cache {path}: {self.pixels.shape[0]} images but {self.sizes.shape[0]} sizes")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader workers started by spawn/forkserver get the dataset pickled: send the path, not the pixels
+        # (a pickled memmap is a full in-memory copy), and map the file again on arrival
+        return {key: value for key, value in self.__dict__.items() if key != "pixels"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.pixels = np.load(self.path, mmap_mode="r")
 
     def __len__(self) -> int:
         return self.pixels.shape[0]

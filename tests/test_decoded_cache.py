@@ -2,10 +2,12 @@
 
 import json
 import logging
+import pickle
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState, PartialState
@@ -70,6 +72,12 @@ def test_cached_items_equal_decoded_items_on_the_demo(tmp_path):
         assert a["pixel_values_uint8"].dtype == torch.uint8 and torch.equal(a["pixel_values_uint8"],
                                                                             b["pixel_values_uint8"])
         assert a["image_size"] == b["image_size"]
+    # spawn/forkserver DataLoader workers get the dataset pickled: the path travels, not the pixels
+    data = pickle.dumps(cached)
+    assert len(data) < cached.pixels.nbytes
+    copy = pickle.loads(data)
+    assert isinstance(copy.pixels, np.memmap) and torch.equal(copy[3]["pixel_values_uint8"],
+                                                               decoded[3]["pixel_values_uint8"])
 
 
 def test_two_concurrent_builders_decode_once(tmp_path, monkeypatch):
