@@ -32,7 +32,14 @@ from torch.utils.data import DataLoader
 
 from artstyle import ArtStyleConfig, ArtStyleForPretraining, build_image_processor
 from artstyle.data import StyleImageDataset, collate_skip_bad, load_style_dataset
-from artstyle.fast_data import DecodedImages, collate_decoded, default_decode_size
+from artstyle.fast_data import (
+    CachedDecodedImages,
+    DecodedImages,
+    build_decoded_cache,
+    collate_decoded,
+    decoded_cache_path,
+    default_decode_size,
+)
 from artstyle.gpu_augment import GPUTwoViewAugment, resolve_augment_on
 from artstyle.training import (
     SeededItems,
@@ -116,6 +123,15 @@ class DataArguments:
     decode_size: int | None = field(
         default=None, metadata={"help": "--augment_on gpu: longer side of the decoded images (default: twice the "
                                         "model's image_size)."})
+    decoded_cache: str = field(
+        default="auto", metadata={"help": "--augment_on gpu: decode the training images once into a uint8 .npy "
+                                          "beside the datasets cache (built by the first run, reused by the next) "
+                                          "and read it every epoch (on), decode in the workers every epoch (off), "
+                                          "or auto (on when the decoded images take at most "
+                                          "--decoded_cache_max_gb). Ignored with --augment_on cpu."})
+    decoded_cache_max_gb: float = field(
+        default=4.0, metadata={"help": "--decoded_cache auto: largest decoded collection to cache, in GB (10^9 "
+                                       "bytes; images x 3 x decode_size^2)."})
 
 
 @dataclass
@@ -189,16 +205,21 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, train_ar
         "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "logging_steps",
         "max_train_steps", "checkpointing_steps", "checkpoints_total_limit", "eval_every",
         "per_device_eval_batch_size", "knn_k", "learning_rate", "knn_temperature")}
-    positive.update(max_train_samples=data_args.max_train_samples, decode_size=data_args.decode_size)
+    positive.update(max_train_samples=data_args.max_train_samples, decode_size=data_args.decode_size,
+                    decoded_cache_max_gb=data_args.decoded_cache_max_gb)
     for name, value in positive.items():
         if value is not None and value <= 0:
             raise ValueError(f"--{name} must be > 0, got {value}")
     choices = {"mixed_precision": ("auto", "no", "fp16", "bf16"), "optimizer": ("adamw", "lars"),
-               "augmentation": ("moco_v3", "style_preserving"), "augment_on": ("auto", "cpu", "gpu")}
+               "augmentation": ("moco_v3", "style_preserving"), "augment_on": ("auto", "cpu", "gpu"),
+               "decoded_cache": ("auto", "on", "off")}
     for name, allowed in choices.items():
-        value = getattr(data_args if name in ("augmentation", "augment_on") else train_args, name)
+        value = getattr(data_args if name in ("augmentation", "augment_on", "decoded_cache") else train_args, name)
         if value not in allowed:
             raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {value!r}")
+    if data_args.decoded_cache == "on" and data_args.augment_on == "cpu":
+        raise ValueError("--decoded_cache on needs --augment_on gpu (the cache holds the decoded images of the GPU "
+                         "augmentation path), got --augment_on cpu")
     if data_args.dataloader_num_workers < 0:
         raise ValueError(f"--dataloader_num_workers must be >= 0, got {data_args.dataloader_num_workers}")
     for name in ("dataset_options", "augmentation_options"):
@@ -256,6 +277,37 @@ def build_train_dataset(train_split, data_args: DataArguments, config: ArtStyleC
                                     std=config.image_std, **options)
     dataset = StyleImageDataset(train_split, transform, image_column=data_args.image_column, label_column=None)
     return SeededItems(dataset, seed=seed), collate_skip_bad, None
+
+
+def use_decoded_cache(mode: str, decoded: DecodedImages, max_gb: float) -> bool:
+    """``--decoded_cache``: on, off, or auto (on when ``images x 3 x size^2`` bytes are at most ``max_gb`` GB)."""
+    if mode != "auto":
+        return mode == "on"
+    gigabytes = len(decoded) * 3 * decoded.size ** 2 / 1e9
+    if gigabytes > max_gb:
+        logger.info(f"--decoded_cache auto: the decoded images take {gigabytes:.2f} GB > --decoded_cache_max_gb "
+                    f"{max_gb:g}: decoding in the DataLoader workers every epoch")
+        return False
+    return True
+
+
+def with_decoded_cache(dataset: SeededItems, data_args: DataArguments,
+                       accelerator: Accelerator) -> tuple[SeededItems, float]:
+    """``dataset`` (`SeededItems` of `DecodedImages`) served from its decoded cache, and the seconds spent getting
+    the cache. The main process builds it first (the others then find it); concurrent runs on the same data are
+    kept apart by `build_decoded_cache`'s file lock and atomic rename. Same items, same seeds: exact resume holds."""
+    decoded = dataset.dataset
+    start = time.perf_counter()
+    with accelerator.main_process_first():
+        existed = decoded_cache_path(decoded).is_file()
+        path = build_decoded_cache(decoded, num_workers=data_args.dataloader_num_workers)
+    seconds = time.perf_counter() - start
+    if existed:
+        logger.info(f"Decoded cache {path}: reused ({seconds:.1f} s)")
+    else:
+        logger.info(f"Decoded cache {path}: built in {seconds:.1f} s ({len(decoded)} images, "
+                    f"{decoded.size} px)")
+    return SeededItems(CachedDecodedImages(path), seed=dataset.seed), seconds
 
 
 def build_knn_loaders(train_split, splits, data_args: DataArguments, train_args: PretrainingArguments,
@@ -324,7 +376,15 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     with accelerator.main_process_first():
         train_split, splits = load_splits(data_args)
     augment_on = resolve_augment_on(data_args.augment_on, accelerator.device)
+    if data_args.decoded_cache == "on" and augment_on == "cpu":
+        raise ValueError(f"--decoded_cache on needs the GPU augmentation path, but --augment_on "
+                         f"{data_args.augment_on} chose cpu on device {accelerator.device}: pass --augment_on gpu")
     dataset, collate_fn, augment = build_train_dataset(train_split, data_args, config, train_args.seed, augment_on)
+    decoded_cache, decoded_cache_s = False, None
+    if augment_on == "gpu" and use_decoded_cache(data_args.decoded_cache, dataset.dataset,
+                                                 data_args.decoded_cache_max_gb):
+        dataset, decoded_cache_s = with_decoded_cache(dataset, data_args, accelerator)
+        decoded_cache = True
     dataloader = seeded_dataloader(dataset, train_args.per_device_train_batch_size, data_args.dataloader_num_workers,
                                    train_args.seed, collate_fn)
     knn_loaders = None
@@ -384,6 +444,8 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         "skipped_images": state.skipped_images,
         "world_size": accelerator.num_processes,
         "augment_on": augment_on,
+        "decoded_cache": decoded_cache,
+        "decoded_cache_s": None if decoded_cache_s is None else round(decoded_cache_s, 3),
         "global_batch_size": train_args.per_device_train_batch_size * accelerator.num_processes
         * train_args.gradient_accumulation_steps,
         "train_runtime_s": round(runtime, 3),

@@ -5,7 +5,7 @@ Workers only decode and shrink (`DecodedImages`: RGB, longer side at most ``deco
 ``decode_size`` square by repeating the last row/column, the valid ``(height, width)`` returned beside it); the
 augmentation runs batched on the device (`artstyle.gpu_augment.GPUTwoViewAugment`). For collections that fit in
 memory, `build_decoded_cache` decodes once into a ``.npy`` beside the datasets cache, and `CachedDecodedImages`
-serves it without any decoding.
+serves it without any decoding (``run_pretrain.py --decoded_cache``, see ``with_decoded_cache`` there).
 
 Wiring in ``run_pretrain.py`` (the script owner adds ``--augment_on {auto,cpu,gpu}`` and ``--decode_size``)::
 
@@ -59,6 +59,7 @@ __all__ = [
     "augment_generator",
     "build_decoded_cache",
     "collate_decoded",
+    "decoded_cache_path",
     "decode_to_uint8",
     "default_decode_size",
     "make_two_view_batch",
@@ -171,6 +172,11 @@ def _cache_paths(dataset: DecodedImages, cache_dir: str | os.PathLike | None) ->
     return stem.with_suffix(".npy"), stem.with_name(stem.name + "_sizes.npy")
 
 
+def decoded_cache_path(dataset: DecodedImages, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The ``.npy`` path where `build_decoded_cache` writes (and finds) the cache of ``dataset``."""
+    return _cache_paths(dataset, cache_dir)[0]
+
+
 class _Indexed(torch.utils.data.Dataset):
     def __init__(self, dataset):
         self.dataset = dataset
@@ -203,8 +209,10 @@ def build_decoded_cache(dataset: DecodedImages, cache_dir: str | os.PathLike | N
         tmp_sizes = sizes_path.with_name(sizes_path.name + ".tmp.npy")
         pixels = np.lib.format.open_memmap(tmp_pixels, mode="w+", dtype=np.uint8, shape=(count, 3, size, size))
         sizes = np.full((count, 2), -1, dtype=np.int32)
+        # own generator: iterating a DataLoader draws its base seed, which must not move the global RNG
+        # (a run that builds the cache then initialises its model exactly as one that reuses it, or has none)
         loader = torch.utils.data.DataLoader(_Indexed(dataset), batch_size=batch_size, num_workers=num_workers,
-                                             collate_fn=list)
+                                             collate_fn=list, generator=torch.Generator())
         for chunk in loader:
             for index, item in chunk:
                 if item is not None:
@@ -229,10 +237,20 @@ class CachedDecodedImages(torch.utils.data.Dataset):
         for file in (path, sizes_path):
             if not file.is_file():
                 raise FileNotFoundError(f"decoded cache file {file} not found (build it with build_decoded_cache)")
+        self.path = path
         self.pixels = np.load(path, mmap_mode="r")
         self.sizes = np.load(sizes_path)
         if self.pixels.shape[0] != self.sizes.shape[0]:
             raise ValueError(f"decoded cache {path}: {self.pixels.shape[0]} images but {self.sizes.shape[0]} sizes")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader workers started by spawn/forkserver get the dataset pickled: send the path, not the pixels
+        # (a pickled memmap is a full in-memory copy), and map the file again on arrival
+        return {key: value for key, value in self.__dict__.items() if key != "pixels"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.pixels = np.load(self.path, mmap_mode="r")
 
     def __len__(self) -> int:
         return self.pixels.shape[0]

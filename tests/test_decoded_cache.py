@@ -1,0 +1,163 @@
+"""run_pretrain.py --decoded_cache: the GPU augmentation path read from a decoded uint8 cache (tiny, CPU)."""
+
+import json
+import logging
+import pickle
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState, PartialState
+
+import run_pretrain
+from artstyle.data import load_style_dataset
+from artstyle.fast_data import CachedDecodedImages, DecodedImages, build_decoded_cache, decoded_cache_path
+
+TINY = {"backbone_depth": 2, "image_size": 32, "patch_size": 8, "queue_size": 64, "projection_hidden_dim": 64,
+        "projection_dim": 32, "distill_hidden_dim": 32, "layer_head_dim": 32, "style_dim": 32, "gram_dim": 8}
+DEMO = {"num_images": 48, "image_size": 32}
+
+
+def tiny_args(tmp_path, out, *extra):
+    return [
+        "--config_overrides", json.dumps(TINY),
+        "--dataset_options", json.dumps({**DEMO, "cache_dir": str(tmp_path / "cache")}),
+        "--output_dir", str(tmp_path / out),
+        "--per_device_train_batch_size", "8",
+        "--max_train_steps", "2",
+        "--dataloader_num_workers", "0",
+        "--report_to", "none",
+        "--seed", "0",
+        "--deterministic",
+        "--augment_on", "gpu", "--decode_size", "40",
+        *extra,
+    ]
+
+
+@pytest.fixture(autouse=True)
+def _reset_global_state():
+    yield
+    torch.use_deterministic_algorithms(False)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def _reset():
+    torch.use_deterministic_algorithms(False)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def _demo_decoded(tmp_path, size=40):
+    train = load_style_dataset("demo", cache_dir=str(tmp_path / "cache"), **DEMO)["train"]
+    return DecodedImages(train, size)
+
+
+def test_cached_items_equal_decoded_items_on_the_demo(tmp_path):
+    decoded = _demo_decoded(tmp_path)
+    rng = torch.get_rng_state()
+    path = build_decoded_cache(decoded)
+    assert torch.equal(torch.get_rng_state(), rng)  # building moves no global RNG: the model init stays the same
+    # beside the datasets cache (the split's own folder), named by the split's fingerprint and the size
+    assert path == decoded_cache_path(decoded)
+    assert path.parent == Path(decoded.dataset.cache_files[0]["filename"]).parent
+    assert path.name == f"decoded_{decoded.fingerprint()}_40.npy"
+    cached = CachedDecodedImages(path)
+    assert len(cached) == len(decoded) == 36
+    for index in range(len(decoded)):
+        a, b = cached[index], decoded[index]
+        assert a["pixel_values_uint8"].dtype == torch.uint8 and torch.equal(a["pixel_values_uint8"],
+                                                                            b["pixel_values_uint8"])
+        assert a["image_size"] == b["image_size"]
+    # spawn/forkserver DataLoader workers get the dataset pickled: the path travels, not the pixels
+    data = pickle.dumps(cached)
+    assert len(data) < cached.pixels.nbytes
+    copy = pickle.loads(data)
+    assert isinstance(copy.pixels, np.memmap) and torch.equal(copy[3]["pixel_values_uint8"],
+                                                               decoded[3]["pixel_values_uint8"])
+
+
+def test_two_concurrent_builders_decode_once(tmp_path, monkeypatch):
+    """Two runs building the same cache at once: one decodes, the other waits on the lock and reuses its file."""
+    decoded = _demo_decoded(tmp_path)
+    reference = [decoded[i]["pixel_values_uint8"] for i in range(len(decoded))]
+    calls, original = [], DecodedImages.__getitem__
+
+    def slow_decode(self, index):
+        calls.append(index)
+        time.sleep(0.005)  # keeps the first builder busy while the second one starts
+        return original(self, index)
+
+    monkeypatch.setattr(DecodedImages, "__getitem__", slow_decode)
+    with ThreadPoolExecutor(2) as pool:
+        paths = list(pool.map(lambda _: build_decoded_cache(DecodedImages(decoded.dataset, 40)), range(2)))
+    assert paths[0] == paths[1] and sorted(calls) == list(range(len(decoded)))  # decoded once, not twice
+    assert not list(paths[0].parent.glob("*.tmp.npy"))
+    cached = CachedDecodedImages(paths[0])
+    assert all(torch.equal(cached[i]["pixel_values_uint8"], reference[i]) for i in range(len(decoded)))
+
+
+def test_decoded_cache_on_trains_like_off_and_is_reused(tmp_path, caplog):
+    off = run_pretrain.main(tiny_args(tmp_path, "off", "--decoded_cache", "off"))
+    assert off["decoded_cache"] is False and off["decoded_cache_s"] is None
+    assert not list((tmp_path / "cache").rglob("decoded_*.npy"))  # off: nothing cached
+
+    _reset()
+    with caplog.at_level(logging.INFO):
+        on = run_pretrain.main(tiny_args(tmp_path, "on", "--decoded_cache", "on"))
+    assert on["decoded_cache"] is True and on["decoded_cache_s"] >= 0
+    assert "built in" in caplog.text
+    files = sorted(p.name for p in (tmp_path / "cache").rglob("decoded_*.npy"))
+    assert len(files) == 2 and files[0].endswith("_40.npy") and files[1].endswith("_40_sizes.npy")
+    # same data, same seeded augmentation: the same losses and weights
+    assert on["train_loss"] == off["train_loss"]
+    assert on["replica_checksums"] == off["replica_checksums"]
+    saved = json.loads((tmp_path / "on" / "all_results.json").read_text())
+    assert saved["decoded_cache"] is True
+
+    # a second run reuses the cache: no decoding at all, the file is not rewritten
+    cache = next((tmp_path / "cache").rglob("decoded_*_40.npy"))
+    modified = cache.stat().st_mtime_ns
+
+    def no_decoding(self, index):
+        raise AssertionError("decoded an image although the cache exists")
+
+    _reset()
+    caplog.clear()
+    with caplog.at_level(logging.INFO), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DecodedImages, "__getitem__", no_decoding)
+        again = run_pretrain.main(tiny_args(tmp_path, "again"))  # the default: auto, 36 x 3 x 40^2 bytes fit
+    assert again["decoded_cache"] is True and "reused" in caplog.text and "built in" not in caplog.text
+    assert cache.stat().st_mtime_ns == modified
+    assert again["replica_checksums"] == off["replica_checksums"]
+
+
+def test_auto_follows_the_size_limit_and_cpu_ignores_the_option(tmp_path):
+    decoded = _demo_decoded(tmp_path)  # 36 images x 3 x 40 x 40 = 172,800 bytes
+    PartialState()  # the accelerate logger of the "too large" message needs it
+    assert run_pretrain.use_decoded_cache("auto", decoded, 0.000173)
+    assert not run_pretrain.use_decoded_cache("auto", decoded, 0.000172)
+    assert run_pretrain.use_decoded_cache("on", decoded, 1e-12)
+    assert not run_pretrain.use_decoded_cache("off", decoded, 100.0)
+    _, data_args, _ = run_pretrain.parse_args(["--augment_on", "cpu"])
+    assert data_args.decoded_cache == "auto" and data_args.decoded_cache_max_gb == 4.0
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--augment_on", "cpu", "--decoded_cache", "on"], r"--decoded_cache on needs --augment_on gpu.*--augment_on cpu"),
+    (["--decoded_cache", "yes"], "--decoded_cache must be one of auto, on, off"),
+    (["--decoded_cache_max_gb", "0"], "--decoded_cache_max_gb must be > 0"),
+])
+def test_bad_decoded_cache_arguments_name_the_flags(argv, match):
+    with pytest.raises(ValueError, match=match):
+        run_pretrain.parse_args(argv)
+
+
+def test_on_with_auto_resolving_to_cpu_names_both_flags(tmp_path):
+    args = [a for a in tiny_args(tmp_path, "auto_cpu") if a not in ("--augment_on", "gpu")]
+    with pytest.raises(ValueError, match=r"--decoded_cache on needs .*--augment_on auto chose cpu"):
+        run_pretrain.main(args + ["--decoded_cache", "on"])
+    assert not list((tmp_path / "cache").rglob("decoded_*.npy"))
