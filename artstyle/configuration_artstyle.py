@@ -62,9 +62,10 @@ class ArtStyleConfig(PretrainedConfig):
         gram_layer (`int`, default -1): block whose patch tokens give the Gram matrix (negative allowed).
         gram_dim (`int`, default 64): channels C of the two learned maps; the Gram matrix is C×C.
         style_dim (`int`, default 256): width of the style vector projected from the flattened Gram matrix.
-        gram_loss (`str`, default `"mse"`): `"mse"` (the paper: squared error between the student's and the teacher's
-            Gram matrices of the two views; it has a constant solution) or `"infonce"` (the same pairs contrasted
-            against the other images' teacher Gram matrices, temperature `tau_gram`: cannot collapse).
+        gram_loss (`str`, default `"infonce"`): `"infonce"` (the two views' Gram matrices contrasted against the
+            other images' teacher Gram matrices, temperature `tau_gram`: cannot collapse; our departure, chosen on
+            the demo's validation split, see docs/method.md) or `"mse"` (the paper: squared error between the
+            student's and the teacher's Gram matrices of the two views; it has a constant solution).
         tau_gram (`float`, default 0.2): temperature of `gram_loss="infonce"`.
     Representation
         pooler (`str`, default `"cls"`): the `pooler_output`: `"cls"` (the ViT's head input), `"fused"` (attention
@@ -129,7 +130,7 @@ class ArtStyleConfig(PretrainedConfig):
         weight_layerwise: float = 0.5,
         weight_distill: float = 0.5,
         weight_gram: float = 1.0,
-        gram_loss: str = "mse",
+        gram_loss: str = "infonce",
         tau_gram: float = 0.2,
         momentum_base: float = 0.99,
         momentum_final: float = 1.0,
@@ -173,6 +174,15 @@ class ArtStyleConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
         self.validate_artstyle()
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """A saved config without ``gram_loss`` predates the field: its model was trained with the paper's Gram MSE,
+        so it loads as ``gram_loss="mse"`` (continuing its pretraining keeps its loss); new configs default to
+        ``"infonce"``."""
+        if "gram_loss" not in config_dict:
+            config_dict = {**config_dict, "gram_loss": "mse"}
+        return super().from_dict(config_dict, **kwargs)
 
     # ------------------------------------------------------------------ validation and derived values
     def validate_artstyle(self) -> None:

@@ -6,6 +6,7 @@ tag), before the components moved into their own modules; CPU, torch 2.14 / tran
 method change may update them deliberately, saying so in its commit.
 """
 
+import json
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from artstyle import ArtStyleForImageClassification, ArtStyleForPretraining, ArtStyleModel
+from artstyle import ArtStyleConfig, ArtStyleForImageClassification, ArtStyleForPretraining, ArtStyleModel
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OLD_CHECKPOINT = FIXTURES / "old_checkpoint"
@@ -117,3 +118,14 @@ def test_same_seed_gives_bit_identical_losses_and_weights_as_the_pre_redesign_re
     subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive, check=True)
     old, new = _start_steps(tmp_path), _start_steps(root)
     assert _result(old) == _result(new)
+
+
+def test_a_config_saved_before_gram_loss_existed_keeps_the_paper_mse_and_new_ones_default_to_infonce(tmp_path):
+    old = ArtStyleConfig.from_pretrained(OLD_CHECKPOINT)
+    assert "gram_loss" not in json.loads((OLD_CHECKPOINT / "config.json").read_text())
+    assert old.gram_loss == "mse"
+    assert ArtStyleConfig.from_pretrained(OLD_CHECKPOINT, gram_loss="infonce").gram_loss == "infonce"
+    new = ArtStyleConfig.tiny()
+    assert new.gram_loss == "infonce"
+    new.save_pretrained(tmp_path)
+    assert ArtStyleConfig.from_pretrained(tmp_path).gram_loss == "infonce"
