@@ -4,15 +4,18 @@
 # run_finetune.py's defaults (LP-FT: linear probe, then 5 epochs of fine-tuning) plus a kNN and a linear probe of the
 # frozen encoder; and fine-tune a randomly initialised encoder with the same recipe and seed ("scratch").
 #   OUT_DIR=/tmp/demo_seeds SEEDS="0 1 2" bash benchmarks/demo_seeds.sh      # ≈ 13 min per seed on 2 idle cores
-# Writes $OUT_DIR/results.jsonl (one line per run: setting, seed, eval/test accuracy of each evaluation) and prints
-# the mean ± std table of validation and test accuracy (python benchmarks/demo_seeds.sh is not needed: the table is
-# rebuilt from results.jsonl by the last step). Settings (SETTINGS, space-separated):
+# Writes $OUT_DIR/results.jsonl (one line per run: setting, seed, mode, eval/test accuracy) and prints the mean ± std
+# table of validation and test accuracy built from it. Settings (SETTINGS, space-separated):
 #   full          the package's default config (all four components)
 #   full_gram_mse the default config with the paper's Gram MSE (gram_loss="mse")
 #   moco_v3       --moco_v3_baseline
-# EXTRA_PRETRAIN / EXTRA_FINETUNE: more arguments for every run (a dry run: EXTRA_PRETRAIN="--max_train_steps 2"
-# EXTRA_FINETUNE="--max_train_steps 1 --probe_epochs 2", and DEMO='{"num_images": 48, "image_size": 32}' with
-# --config_overrides for 32 px).
+# EXTRA_PRETRAIN / EXTRA_FINETUNE: more arguments for every run, split on spaces (JSON without spaces). CPU dry run
+# (≈ 70 s; full_gram_mse left out because it passes its own --config_overrides):
+#   OUT_DIR=/tmp/ds_dry SEEDS=0 SETTINGS="full moco_v3" \
+#   EXTRA_PRETRAIN='--max_train_steps 2 --dataset_options {"num_images":48,"image_size":32}
+#                   --config_overrides {"image_size":32,"backbone_depth":2}' \
+#   EXTRA_FINETUNE='--max_train_steps 1 --probe_epochs 2 --dataset_options {"num_images":48,"image_size":32}' \
+#   bash benchmarks/demo_seeds.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python}"
