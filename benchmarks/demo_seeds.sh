@@ -20,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python}"
 OUT_DIR="${OUT_DIR:-outputs/demo_seeds}"
-SEEDS="${SEEDS:-0 1 2}"
+SEEDS="${SEEDS-0 1 2}"  # empty: no runs, only the table from results.jsonl
 SETTINGS="${SETTINGS:-full moco_v3 full_gram_mse}"
 read -r -a extra_pretrain <<< "${EXTRA_PRETRAIN:-}"
 read -r -a extra_finetune <<< "${EXTRA_FINETUNE:-}"
@@ -70,6 +70,8 @@ for row in rows:
     groups[(row["setting"], row["mode"])].append(row)
 def stat(values):
     values = [100 * v for v in values if v is not None]
+    if not values:
+        return "-"
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
 print("| setting | evaluation | seeds | validation acc (%) | test acc (%) |\n|---|---|---|---|---|")
 for (setting, mode), group in sorted(groups.items()):
