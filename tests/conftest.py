@@ -12,6 +12,16 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+def reset_training_state() -> None:
+    """Undo what a run_pretrain.main() call leaves behind in the process: deterministic algorithms and accelerate's
+    shared state singletons."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    torch.use_deterministic_algorithms(False)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

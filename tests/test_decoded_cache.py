@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState, PartialState
+from accelerate.state import PartialState
 
 import run_pretrain
 from artstyle.data import load_style_dataset
 from artstyle.fast_data import CachedDecodedImages, DecodedImages, build_decoded_cache, decoded_cache_path
+
+from conftest import reset_training_state
 
 TINY = {"backbone_depth": 2, "image_size": 32, "patch_size": 8, "queue_size": 64, "projection_hidden_dim": 64,
         "projection_dim": 32, "distill_hidden_dim": 32, "layer_head_dim": 32, "style_dim": 32, "gram_dim": 8}
@@ -40,15 +42,10 @@ def tiny_args(tmp_path, out, *extra):
 @pytest.fixture(autouse=True)
 def _reset_global_state():
     yield
-    torch.use_deterministic_algorithms(False)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_training_state()
 
 
-def _reset():
-    torch.use_deterministic_algorithms(False)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+_reset = reset_training_state
 
 
 def _demo_decoded(tmp_path, size=40):

@@ -21,6 +21,8 @@ import run_pretrain
 from artstyle import ArtStyleForPretraining
 from run_pretrain import main, parse_args, schedule_values, training_lengths
 
+from conftest import reset_training_state
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"backbone_depth": 2, "image_size": 32, "patch_size": 8, "queue_size": 64, "projection_hidden_dim": 64,
         "projection_dim": 32, "distill_hidden_dim": 32, "layer_head_dim": 32, "style_dim": 32, "gram_dim": 8}
@@ -45,9 +47,7 @@ def tiny_args(tmp_path, out="out", *extra, steps=4, batch=8, num_images=48):
 @pytest.fixture(autouse=True)
 def _reset_global_state():
     yield
-    torch.use_deterministic_algorithms(False)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_training_state()
 
 
 def _env():
