@@ -59,6 +59,7 @@ from artstyle.training.arguments import (
     check_data_source,
     parse_json_option,
     parse_overrides,
+    queue_size_warning,
     run_cli,
 )
 from artstyle.training.arguments import build_config as build_config_from
@@ -380,6 +381,9 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         raise ValueError(f"--decoded_cache on needs the GPU augmentation path, but --augment_on "
                          f"{data_args.augment_on} chose cpu on device {accelerator.device}: pass --augment_on gpu")
     dataset, collate_fn, augment = build_train_dataset(train_split, data_args, config, train_args.seed, augment_on)
+    queue_warning = queue_size_warning(config.queue_size, len(dataset))
+    if queue_warning:
+        logger.warning(queue_warning)
     decoded_cache, decoded_cache_s = False, None
     if augment_on == "gpu" and use_decoded_cache(data_args.decoded_cache, dataset.dataset,
                                                  data_args.decoded_cache_max_gb):

@@ -410,3 +410,22 @@ def test_torch_compile_with_ema_queue_and_resume(tmp_path):
     assert resumed["resumed_from"].endswith("step_2") and resumed["train_loss"] == compiled["train_loss"]
     c = _weights(tmp_path / "compiled")
     assert all(torch.equal(b[k], c[k]) for k in b)
+
+
+def test_queue_size_warning_names_the_field_and_suggests_a_quarter():
+    from artstyle.training.arguments import queue_size_warning
+
+    assert queue_size_warning(0, 10) is None  # in-batch negatives: no queue
+    assert queue_size_warning(839, 840) is None  # fewer keys than images
+    message = queue_size_warning(1024, 840)
+    assert "queue_size 1024 >= the 840 training images" in message
+    assert json.loads(message.split("--config_overrides '")[1].split("'")[0]) == {"queue_size": 210}
+    assert queue_size_warning(840, 840) is not None
+
+
+def test_pretraining_with_a_queue_larger_than_the_data_logs_the_warning(tmp_path, caplog):
+    # TINY's queue of 64 keys is larger than the 36 training images of a 48-image demo (48 minus 6 validation and 6 test)
+    with caplog.at_level("WARNING"):
+        main(tiny_args(tmp_path, steps=1))
+    assert "queue_size 64 >= the 36 training images" in caplog.text
+    assert '{"queue_size": 9}' in caplog.text

@@ -30,6 +30,7 @@ __all__ = [
     "check_data_source",
     "parse_json_option",
     "parse_overrides",
+    "queue_size_warning",
     "rename_deprecated_flags",
     "run_cli",
 ]
@@ -193,3 +194,17 @@ def build_config(
     except TypeError as err:  # e.g. a string where the config needs a number
         raise ValueError(f"--config_overrides: {err}") from err
     return config.moco_v3_baseline() if moco_v3_baseline else config
+
+
+def queue_size_warning(queue_size: int, num_images: int) -> str | None:
+    """A warning when the negative queue holds at least as many keys as there are training images, else ``None``.
+
+    Such a queue necessarily holds an older key of the very image being contrasted, as a negative. The README
+    suggests ``queue_size`` <= a quarter of the training images; the message says so and names the field.
+    """
+    if queue_size <= 0 or queue_size < num_images:
+        return None
+    suggestion = max(0, num_images // 4)
+    return (f"queue_size {queue_size} >= the {num_images} training images: the queue holds older keys of the "
+            f"images it contrasts, as negatives. Pass --config_overrides '{{\"queue_size\": {suggestion}}}' "
+            "(a quarter of the training images) or 0 (in-batch negatives).")
