@@ -236,6 +236,26 @@ def build_config(model_args: ModelArguments) -> ArtStyleConfig:
                              model_args.config_name or model_args.model_name_or_path, model_args.moco_v3_baseline)
 
 
+def fit_queue_to_data(config: ArtStyleConfig, model_args: ModelArguments, num_images: int) -> None:
+    """A queue of at least as many keys as training images holds older keys of the very images it contrasts: warn.
+    When the size came from the preset (a fresh model, no ``queue_size`` in ``--config_overrides``), also lower it to
+    a quarter of the training images (the README's advice), as the demo's 840 images need with the tiny preset's
+    1024. A size the user chose, or a saved model's (its queue buffer has that size), is kept."""
+    message = queue_size_warning(config.queue_size, num_images)
+    if message is None:
+        return
+    chosen = (model_args.model_name_or_path or model_args.config_name
+              or "queue_size" in parse_overrides(model_args.config_overrides))
+    if chosen:
+        logger.warning(message)
+        return
+    preset_size, config.queue_size = config.queue_size, num_images // 4
+    logger.warning(f"queue_size: the {model_args.config_preset!r} preset's {preset_size} keys are at least the "
+                   f"{num_images} training images, so the queue would hold older keys of the images it contrasts; "
+                   f"using queue_size {config.queue_size} (a quarter of them). Choose it with --config_overrides "
+                   "'{\"queue_size\": N}'.")
+
+
 def build_model(model_args: ModelArguments, config: ArtStyleConfig, accelerator: Accelerator) -> torch.nn.Module:
     """Fresh or from ``--model_name_or_path``; BatchNorm -> SyncBatchNorm on several accelerator processes
     (torch has no SyncBatchNorm on CPU: there the heads keep per-process statistics)."""
@@ -381,9 +401,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         raise ValueError(f"--decoded_cache on needs the GPU augmentation path, but --augment_on "
                          f"{data_args.augment_on} chose cpu on device {accelerator.device}: pass --augment_on gpu")
     dataset, collate_fn, augment = build_train_dataset(train_split, data_args, config, train_args.seed, augment_on)
-    queue_warning = queue_size_warning(config.queue_size, len(dataset))
-    if queue_warning:
-        logger.warning(queue_warning)
+    fit_queue_to_data(config, model_args, len(dataset))
     decoded_cache, decoded_cache_s = False, None
     if augment_on == "gpu" and use_decoded_cache(data_args.decoded_cache, dataset.dataset,
                                                  data_args.decoded_cache_max_gb):

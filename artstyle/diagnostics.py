@@ -137,20 +137,30 @@ def mean_gradient_norms(results: list[dict]) -> dict:
 # ---------------------------------------------------------------------------------------------- encoder outputs
 @torch.no_grad()
 def encoder_outputs(encoder: nn.Module, dataloader, device: torch.device | str = "cpu") -> dict:
-    """One pass of an `ArtStyleModel` (eval mode) over ``dataloader``: every block's CLS token, the pooler output,
-    the Gram vectors (flattened; when the Gram module exists), the fusion weights and the labels.
+    """One pass of an `ArtStyleModel` (eval mode) over ``dataloader``: every block's CLS token and patch-token
+    energy, the pooler output, the Gram vectors (flattened; when the Gram module exists), the fusion weights and the
+    labels.
 
-    Returns ``{"block_cls": [L, N, D], "pooler": [N, D], "gram": [N, C*C] | None, "fusion_weights": [N, L', L'] |
-    None, "fusion_pool_weights": [N, L'] | None, "labels": [N] | None}`` (float32 CPU tensors).
+    The patch-token energy of a block is the mean over its patch tokens of each squared feature,
+    ``1/N_p · Σ_p t_p²`` (``[D]`` per image): the diagonal of the tokens' second moment, the texture statistic of
+    Gatys-style Gram matrices. A texture whose tokens vary in sign from patch to patch (strokes, dots) averages out of
+    a mean-pooled or CLS feature but not out of its energy.
+
+    Returns ``{"block_cls": [L, N, D], "block_token_energy": [L, N, D], "pooler": [N, D], "gram": [N, C*C] | None,
+    "fusion_weights": [N, L', L'] | None, "fusion_pool_weights": [N, L'] | None, "labels": [N] | None}`` (float32
+    CPU tensors).
     """
     encoder = encoder.to(device).eval()
-    parts: dict[str, list] = {"block_cls": [], "pooler": [], "gram": [], "fusion_weights": [],
-                              "fusion_pool_weights": [], "labels": []}
+    parts: dict[str, list] = {"block_cls": [], "block_token_energy": [], "pooler": [], "gram": [],
+                              "fusion_weights": [], "fusion_pool_weights": [], "labels": []}
     for batch in dataloader:
         if batch is None:
             continue
         out = encoder.encode(batch["pixel_values"].to(device), output_hidden_states=True).output
         parts["block_cls"].append(torch.stack([h[:, 0] for h in out.hidden_states]).float().cpu())
+        prefix = encoder.backbone.num_prefix_tokens
+        parts["block_token_energy"].append(
+            torch.stack([h[:, prefix:].float().pow(2).mean(1) for h in out.hidden_states]).cpu())
         parts["pooler"].append(out.pooler_output.float().cpu())
         for name in ("gram", "fusion_weights", "fusion_pool_weights"):
             value = getattr(out, name)
@@ -160,7 +170,8 @@ def encoder_outputs(encoder: nn.Module, dataloader, device: torch.device | str =
             parts["labels"].append(batch["labels"].cpu())
     if not parts["pooler"]:
         raise ValueError("the dataloader yielded no decodable image")
-    result = {"block_cls": torch.cat(parts["block_cls"], dim=1), "pooler": torch.cat(parts["pooler"])}
+    result = {"block_cls": torch.cat(parts["block_cls"], dim=1),
+              "block_token_energy": torch.cat(parts["block_token_energy"], dim=1), "pooler": torch.cat(parts["pooler"])}
     for name in ("gram", "fusion_weights", "fusion_pool_weights", "labels"):
         result[name] = torch.cat(parts[name]) if parts[name] else None
     if result["gram"] is not None:

@@ -162,11 +162,12 @@ def run(args: argparse.Namespace) -> dict:
     encoder = model.artstyle
     train_out = diagnostics.encoder_outputs(encoder, feature_loader(train, config, args), device)
     eval_out = diagnostics.encoder_outputs(encoder, feature_loader(held_out, config, args), device)
-    train_sets = list(train_out["block_cls"]) + [train_out["pooler"]]
-    eval_sets = list(eval_out["block_cls"]) + [eval_out["pooler"]]
+    depth = len(train_out["block_cls"])
+    train_sets = list(train_out["block_cls"]) + list(train_out["block_token_energy"]) + [train_out["pooler"]]
+    eval_sets = list(eval_out["block_cls"]) + list(eval_out["block_token_energy"]) + [eval_out["pooler"]]
     accuracies = diagnostics.block_linear_probe(train_sets, train_out["labels"], eval_sets, eval_out["labels"])
-    result["block_probe"] = {"blocks": list(range(len(accuracies) - 1)), "block_cls_acc": accuracies[:-1],
-                             "pooler_acc": accuracies[-1],
+    result["block_probe"] = {"blocks": list(range(depth)), "block_cls_acc": accuracies[:depth],
+                             "block_token_energy_acc": accuracies[depth:2 * depth], "pooler_acc": accuracies[-1],
                              "chance": 1.0 / int(train_out["labels"].max() + 1)}
     result["collapse"] = {"pooler": diagnostics.representation_stats(eval_out["pooler"]),
                           "last_block_cls": diagnostics.representation_stats(eval_out["block_cls"][-1])}
@@ -213,6 +214,8 @@ def write_plots(result: dict, output_dir: Path) -> list[Path]:
     probe = result["block_probe"]
     figure, axis = plt.subplots(figsize=(6, 3.8))
     axis.plot(probe["blocks"], [a * 100 for a in probe["block_cls_acc"]], marker="o", label="CLS of block")
+    axis.plot(probe["blocks"], [a * 100 for a in probe["block_token_energy_acc"]], marker="s", color="C2",
+              label="patch-token energy of block (mean t², texture)")
     axis.axhline(probe["pooler_acc"] * 100, color="C1", linestyle="-.", label="pooler output")
     axis.axhline(probe["chance"] * 100, color="grey", linestyle="--", label="chance")
     axis.set_xlabel("backbone block")
@@ -271,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     probe, collapse = result["block_probe"], result["collapse"]
     print(f"block probe ({args.eval_split}): " + " ".join(f"{a:.3f}" for a in probe["block_cls_acc"])
           + f" | pooler {probe['pooler_acc']:.3f}")
+    print(f"token-energy probe ({args.eval_split}): "
+          + " ".join(f"{a:.3f}" for a in probe["block_token_energy_acc"]))
     for name, stats in collapse.items():
         print(f"{name}: effective rank {stats['effective_rank']:.2f}, uniformity {stats['uniformity']:.3f}, "
               f"mean pairwise cosine {stats['mean_pairwise_cosine']:.3f}")

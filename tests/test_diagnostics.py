@@ -137,6 +137,13 @@ def test_encoder_outputs_and_fusion_summary():
     with torch.no_grad():
         direct = encoder.encode(images, output_hidden_states=True).output
     assert torch.allclose(outputs["block_cls"][1], direct.hidden_states[1][:, 0], atol=1e-5)
+    # patch-token energy: mean over the patch tokens (not the CLS) of each squared feature, by hand
+    assert outputs["block_token_energy"].shape == (2, 5, encoder.hidden_size)
+    tokens = direct.hidden_states[0][:, 1:]  # 16 patch tokens of 8 px on 32 px images, after the CLS
+    assert tokens.shape[1] == 16
+    hand = torch.stack([torch.stack([sum(t[d] ** 2 for t in image) / 16 for d in range(tokens.shape[2])])
+                        for image in tokens])
+    assert torch.allclose(outputs["block_token_energy"][0], hand, atol=1e-5)
     summary = diagnostics.fusion_attention_summary(outputs, model.config.resolved_fusion_layers())
     assert np.allclose(summary["cross_layer"], direct.fusion_weights.mean(dim=0).numpy(), atol=1e-5)
     assert np.allclose(np.sum(summary["cross_layer"], axis=1), 1.0, atol=1e-5)  # softmax rows
@@ -190,6 +197,7 @@ def test_diagnose_script_end_to_end(tmp_path):
     result = json.loads((out / "diagnostics.json").read_text())
     assert result["eval_split"] == "validation"
     assert len(result["block_probe"]["block_cls_acc"]) == 2
+    assert len(result["block_probe"]["block_token_energy_acc"]) == 2
     assert result["block_probe"]["chance"] == 0.5
     assert set(result["collapse"]) == {"pooler", "last_block_cls", "gram"}
     assert len(result["gradient_norms"]["norms"]["gram"]) == 2

@@ -424,8 +424,23 @@ def test_queue_size_warning_names_the_field_and_suggests_a_quarter():
 
 
 def test_pretraining_with_a_queue_larger_than_the_data_logs_the_warning(tmp_path, caplog):
-    # TINY's queue of 64 keys is larger than the 36 training images of a 48-image demo (48 minus 6 validation and 6 test)
+    # TINY's queue of 64 keys is larger than the 36 training images of a 48-image demo (6 validation, 6 test)
     with caplog.at_level("WARNING"):
         main(tiny_args(tmp_path, steps=1))
     assert "queue_size 64 >= the 36 training images" in caplog.text
     assert '{"queue_size": 9}' in caplog.text
+    # a size the user chose is kept
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["queue_size"] == 64
+
+
+def test_the_presets_queue_is_lowered_to_a_quarter_of_a_small_dataset(tmp_path, caplog):
+    args = tiny_args(tmp_path, steps=1)
+    overrides = {k: v for k, v in TINY.items() if k != "queue_size"}  # the tiny preset's 1024 keys
+    args[args.index("--config_overrides") + 1] = json.dumps(overrides)
+    with caplog.at_level("WARNING"):
+        main(args)
+    assert "preset's 1024 keys are at least the 36 training images" in caplog.text
+    assert "using queue_size 9 (a quarter of them)" in caplog.text
+    out = tmp_path / "out"
+    assert json.loads((out / "config.json").read_text())["queue_size"] == 9
+    assert _weights(out)["queue"].shape[0] == 9
