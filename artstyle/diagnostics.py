@@ -151,6 +151,7 @@ def encoder_outputs(encoder: nn.Module, dataloader, device: torch.device | str =
     CPU tensors).
     """
     encoder = encoder.to(device).eval()
+    prefix = encoder.backbone.num_prefix_tokens
     parts: dict[str, list] = {"block_cls": [], "block_token_energy": [], "pooler": [], "gram": [],
                               "fusion_weights": [], "fusion_pool_weights": [], "labels": []}
     for batch in dataloader:
@@ -158,7 +159,6 @@ def encoder_outputs(encoder: nn.Module, dataloader, device: torch.device | str =
             continue
         out = encoder.encode(batch["pixel_values"].to(device), output_hidden_states=True).output
         parts["block_cls"].append(torch.stack([h[:, 0] for h in out.hidden_states]).float().cpu())
-        prefix = encoder.backbone.num_prefix_tokens
         parts["block_token_energy"].append(
             torch.stack([h[:, prefix:].float().pow(2).mean(1) for h in out.hidden_states]).cpu())
         parts["pooler"].append(out.pooler_output.float().cpu())

@@ -204,7 +204,7 @@ def queue_size_warning(queue_size: int, num_images: int) -> str | None:
     """
     if queue_size <= 0 or queue_size < num_images:
         return None
-    suggestion = max(0, num_images // 4)
+    suggestion = num_images // 4
     return (f"queue_size {queue_size} >= the {num_images} training images: the queue holds older keys of the "
             f"images it contrasts, as negatives. Pass --config_overrides '{{\"queue_size\": {suggestion}}}' "
             "(a quarter of the training images) or 0 (in-batch negatives).")
