@@ -7,7 +7,7 @@ from functools import lru_cache
 
 from transformers import PretrainedConfig
 
-_POOLERS = ("cls", "fused", "fused_style")
+_POOLERS = ("cls", "fused", "fused_style", "gram_diag", "cls_gram_diag")
 _SOFT_MODES = ("soft", "ascl")
 _GRAM_LOSSES = ("mse", "infonce")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -68,8 +68,13 @@ class ArtStyleConfig(PretrainedConfig):
             student's and the teacher's Gram matrices of the two views; it has a constant solution).
         tau_gram (`float`, default 0.2): temperature of `gram_loss="infonce"`.
     Representation
-        pooler (`str`, default `"cls"`): the `pooler_output`: `"cls"` (the ViT's head input), `"fused"` (attention
-            pooling of the fused layer tokens) or `"fused_style"` (fused vector + Gram style vector, projected).
+        pooler (`str`, default `"cls_gram_diag"`): the `pooler_output`: `"cls"` (the ViT's head input), `"fused"`
+            (attention pooling of the fused layer tokens), `"fused_style"` (fused vector + Gram style vector,
+            projected), `"gram_diag"` (the diagonal of the Gram matrix of block `gram_layer`'s patch tokens, i.e. each
+            channel's mean squared activation, log-scaled and layer-normalised: a texture statistic with no
+            projection) or `"cls_gram_diag"` (the CLS and that diagonal side by side, twice the width; the default,
+            chosen on realart-dev validation, see docs/method.md). The two Gram-diagonal poolers are our addition and
+            are read-outs: pretraining is the same as with `"cls"`.
     Heads, multi-layer self-distillation (`distillation.py`) and queue (`soft_contrast.py`)
         projection_dim (`int`, default 256): output width of projector G, predictor h and distillation heads.
         projection_hidden_dim (`int`, default 4096): hidden width of the MoCo v3 projector/predictor.
@@ -114,7 +119,7 @@ class ArtStyleConfig(PretrainedConfig):
         gram_layer: int = -1,
         gram_dim: int = 64,
         style_dim: int = 256,
-        pooler: str = "cls",
+        pooler: str = "cls_gram_diag",
         projection_dim: int = 256,
         projection_hidden_dim: int = 4096,
         distill_layers: list[int] | None = None,

@@ -84,6 +84,9 @@ class ArtStylePretrainingOutput(ModelOutput):
     fusion_pool_weights: torch.Tensor | None = None
 
 
+_GRAM_DIAG_POOLERS = ("gram_diag", "cls_gram_diag")  # read-outs of the patch tokens' Gram diagonal
+
+
 @dataclass
 class _Encoded:
     """Everything one backbone pass yields, internal to this file."""
@@ -91,6 +94,7 @@ class _Encoded:
     output: ArtStyleModelOutput
     layer_cls: dict[int, torch.Tensor]  # block index → CLS token [B, D] (pre-norm block output)
     fused: torch.Tensor | None  # [B, L_fusion, D]
+    contrast_input: torch.Tensor | None = None  # what the contrastive projector reads (see `encode`)
 
 
 # ---------------------------------------------------------------------------------------------- base class
@@ -168,6 +172,8 @@ class ArtStyleModel(ArtStylePreTrainedModel):
         if config.pooler == "fused_style":
             self.pooler_norm = nn.LayerNorm(dim + config.style_dim, eps=1e-6)
             self.pooler_proj = nn.Linear(dim + config.style_dim, dim)
+        elif config.pooler in _GRAM_DIAG_POOLERS:
+            self.pooler_norm = nn.LayerNorm(dim, eps=1e-6)
         self.post_init()
         if config.backbone_pretrained and self.backbone.pos_embed.device.type != "meta":
             self.load_backbone_weights(config.backbone_pretrained)  # fresh models only; from_pretrained loads its own
@@ -176,17 +182,24 @@ class ArtStyleModel(ArtStylePreTrainedModel):
     def hidden_size(self) -> int:
         return self.backbone.embed_dim
 
+    @property
+    def pooler_dim(self) -> int:
+        """Width of ``pooler_output``: the ViT width, twice it for `"cls_gram_diag"` (CLS ‖ Gram diagonal)."""
+        return 2 * self.backbone.embed_dim if self.config.pooler == "cls_gram_diag" else self.backbone.embed_dim
+
     def freeze_unused(self, used_by_losses: bool) -> None:
         """Freeze parameters that never reach ``pooler_output`` (nor a loss, when ``used_by_losses``): they would get
         no gradient, which DDP rejects. Frozen parameters keep their values, so checkpoints round-trip."""
         unused = []
-        if self.config.pooler != "cls":
-            unused += [self.backbone.norm, self.backbone.fc_norm]  # the fused poolers read pre-norm block outputs
+        if self.config.pooler in ("fused", "fused_style") or (self.config.pooler == "gram_diag" and not used_by_losses):
+            unused += [self.backbone.norm, self.backbone.fc_norm]  # these poolers read pre-norm block outputs
         if not used_by_losses:
-            if self.config.pooler == "cls":
+            if self.config.pooler not in ("fused", "fused_style"):
                 unused.append(self.fusion)
             if self.config.pooler != "fused_style":
                 unused.append(self.gram)
+        if used_by_losses and self.config.pooler in _GRAM_DIAG_POOLERS:
+            unused.append(self.pooler_norm)  # a read-out: no pretraining loss reads it (the projector reads the CLS)
         for module in unused:
             if module is not None:
                 module.requires_grad_(False)
@@ -218,12 +231,13 @@ class ArtStyleModel(ArtStylePreTrainedModel):
         ``pooler_only``: skip the fusion / Gram modules the pooler does not read (classification, inference).
         """
         backbone = self.backbone
-        use_fusion = self.fusion is not None and not (pooler_only and self.config.pooler == "cls")
+        fused_pooler = self.config.pooler in ("fused", "fused_style")
+        use_fusion = self.fusion is not None and not (pooler_only and not fused_pooler)
         use_gram = self.gram is not None and not (pooler_only and self.config.pooler != "fused_style")
         wanted = set(extra_layers)
         if use_fusion:
             wanted.update(self.fusion_layers)
-        if use_gram:
+        if use_gram or self.config.pooler in _GRAM_DIAG_POOLERS:
             wanted.add(self.gram_layer)
         if output_hidden_states:
             wanted.update(range(len(backbone.blocks)))
@@ -247,13 +261,31 @@ class ArtStyleModel(ArtStylePreTrainedModel):
             output.pooler_output = backbone.forward_head(final, pre_logits=True)
         elif self.config.pooler == "fused":
             output.pooler_output = pooled_fused
+        elif self.config.pooler == "gram_diag":
+            output.pooler_output = self.pool_gram_diag(by_layer[self.gram_layer][0])
+        elif self.config.pooler == "cls_gram_diag":
+            output.pooler_output = torch.cat([backbone.forward_head(final, pre_logits=True),
+                                              self.pool_gram_diag(by_layer[self.gram_layer][0])], dim=-1)
         else:
             style = output.style_embedding.to(pooled_fused.dtype)
             output.pooler_output = self.pooler_proj(self.pooler_norm(torch.cat([pooled_fused, style], dim=-1)))
+        # The contrastive projector reads the pooler output, except under the Gram-diagonal poolers: they are
+        # read-outs only, and the projector keeps reading the CLS (head input), so pretraining is the same as with
+        # "cls".
+        contrast_input = output.pooler_output
+        if self.config.pooler in _GRAM_DIAG_POOLERS and not pooler_only:
+            contrast_input = backbone.forward_head(final, pre_logits=True)
         if output_hidden_states:
             output.hidden_states = tuple(torch.cat([by_layer[i][1], by_layer[i][0]], dim=1)
                                          for i in range(len(backbone.blocks)))
-        return _Encoded(output=output, layer_cls=layer_cls, fused=fused)
+        return _Encoded(output=output, layer_cls=layer_cls, fused=fused, contrast_input=contrast_input)
+
+    def pool_gram_diag(self, patch_tokens: torch.Tensor) -> torch.Tensor:
+        """The `"gram_diag"` pooler: ``LayerNorm(log(diag(TᵀT / N) + 1e-6))`` for the patch tokens ``T`` ``[B, N, D]``
+        of block `gram_layer` (pre-norm), i.e. the log of each channel's mean squared activation. The squares are
+        taken in float32; the result has the tokens' dtype."""
+        energy = patch_tokens.float().pow(2).mean(dim=1)
+        return self.pooler_norm(torch.log(energy + 1e-6).to(patch_tokens.dtype))
 
     def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None, **kwargs) -> ArtStyleModelOutput:
@@ -387,7 +419,7 @@ class ArtStyleForPretraining(ArtStylePreTrainedModel):
         encoded = encoder.encode(pixel_values, extra_layers=tuple(self.distill_layers) if distill else ())
         view = _View(output=encoded.output)
         if config.weight_contrastive > 0 or (teacher and config.weight_distill > 0):
-            z = (self.teacher["projector"] if teacher else self.projector)(encoded.output.pooler_output)
+            z = (self.teacher["projector"] if teacher else self.projector)(encoded.contrast_input)
             view.key = F.normalize((z if teacher else self.predictor(z)).float(), dim=-1)
         if config.weight_layerwise > 0:
             view.layers = (self.teacher["layer_projector"] if teacher else self.layer_projector).embed(encoded.fused)
@@ -458,7 +490,7 @@ class ArtStyleForImageClassification(ArtStylePreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.artstyle = ArtStyleModel(config)
-        hidden = self.artstyle.hidden_size
+        hidden = self.artstyle.pooler_dim
         self.classifier = nn.Linear(hidden, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.artstyle.freeze_unused(used_by_losses=False)
         self.post_init()

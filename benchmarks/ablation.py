@@ -12,19 +12,25 @@ stratified per class, fixed before any result is seen and never tuned on. Labels
 
 Settings (``--settings``; a profile picks a default list):
 
-  random_init        no pretraining: the encoder as initialised (seeded), CLS pooler
+  random_init        no pretraining: the encoder as initialised (seeded), the preset's pooler (cls_gram_diag)
   moco_v3            MoCo v3 baseline: ``config.moco_v3_baseline()`` (hard contrast only, CLS pooler)
   moco_v3+layerwise  baseline + attention-guided layer-wise contrast (weight_layerwise)
   moco_v3+distill    baseline + multi-layer self-distillation (weight_distill)
   moco_v3+soft       baseline + similarity-aware soft contrast (soft_alpha < 1)
   moco_v3+gram       baseline + learnable Gram loss (weight_gram)
-  full               all four components (the preset's defaults), CLS pooler
+  full               all four components (the preset's defaults), pooler cls_gram_diag (the default)
   full_fused         all four, pooler "fused";  full_fused_style: all four, pooler "fused_style"
   full+gram_mse      all four, the paper's Gram term: MSE between the two views' Gram matrices (``gram_loss="mse"``)
   full+gram_infonce  all four, the Gram term as InfoNCE against the other images (``gram_loss="infonce"``)
   full+late_layers   all four, layer-wise contrast and distillation on the later half of the blocks only
 
 Component values (weights, soft_alpha) are the preset's defaults, read from ``ArtStyleConfig``.
+
+Read-outs (``--readouts cls,gram_diag,cls_gram_diag``): each (setting, seed) is also evaluated with its encoder's
+pooler switched to another read-out pooler (``"cls"``; ``"gram_diag"``: the log Gram diagonal of the patch tokens,
+whose LayerNorm starts as the identity affine; ``"cls_gram_diag"``, the default: the CLS next to it), recorded as
+setting ``<setting>@<pooler>``. Pretraining does not depend on which of the three a config names (the projector reads
+the CLS), so one pretraining serves every record and the report adds full − moco_v3 with the pooler held fixed.
 
 Budget per run: ``--max_steps N`` (same number of steps for every setting) or ``--minutes M`` (same wall-clock
 pretraining time: a 5-step calibration run of ``run_pretrain.py`` per setting measures seconds per step, cached in
@@ -70,6 +76,9 @@ METRICS = (("linear_probe_acc", "linear probe"), ("knn_acc", "kNN"), ("finetune_
 FULL_VARIANTS = ("gram_mse", "gram_infonce", "late_layers")
 ALL_SETTINGS = (["random_init", "moco_v3"] + [f"moco_v3+{name}" for name in COMPONENTS]
                 + ["full", "full_fused", "full_fused_style"] + [f"full+{name}" for name in FULL_VARIANTS])
+# Read-out poolers: interchangeable on one pretrained encoder, since under each of them the contrastive projector
+# reads the CLS (pretraining does not depend on which one a config names).
+READOUTS = ("cls", "gram_diag", "cls_gram_diag")
 PROFILES = {
     "quick": {"settings": ["random_init", "moco_v3", "full"], "seeds": [0], "minutes": None, "max_steps": 200,
               "batch_size": 64},
@@ -109,6 +118,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="test: report on the held-out test split. validation: for TUNING defaults, hold out a "
                              "stratified --test_size of the TRAIN part (seed --split_seed) and evaluate there; the "
                              "test split is never read.")
+    parser.add_argument("--readouts", default="",
+                        help=f"Comma list of read-out poolers evaluated on every setting's encoder too, from "
+                             f"{READOUTS} (recorded as '<setting>@<pooler>'; no extra pretraining).")
     parser.add_argument("--eval_batch_size", type=int, default=128)
     parser.add_argument("--knn_k", type=int, default=20)
     parser.add_argument("--knn_temperature", type=float, default=0.07)
@@ -142,6 +154,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(profile["seeds"])
     except ValueError:
         parser.error(f"--seeds must be a comma list of integers, got {args.seeds!r}")
+    args.readouts = [r for r in args.readouts.split(",") if r]
+    if [r for r in args.readouts if r not in READOUTS]:
+        parser.error(f"--readouts: choose from {READOUTS}, got {args.readouts}")
     if args.minutes is None and args.max_steps is None:
         args.minutes, args.max_steps = profile["minutes"], profile["max_steps"]
     if (args.minutes is not None and args.minutes <= 0) or (args.max_steps is not None and args.max_steps < 1):
@@ -389,7 +404,39 @@ def finetune_accuracy(encoder, splits: dict, num_classes: int, args: argparse.Na
                                 "label_smoothing": args.finetune_label_smoothing}}
 
 
-def run_one(setting: str, seed: int, args: argparse.Namespace) -> dict:
+def with_pooler(encoder, pooler: str):
+    """A copy of ``encoder`` whose ``pooler_output`` is the read-out ``pooler``; every other weight is shared by value.
+    Only the read-out's own parameters (``pooler_norm``, identity at init) may be new."""
+    import copy
+
+    from artstyle import ArtStyleModel
+
+    if encoder.config.pooler not in READOUTS or pooler not in READOUTS:
+        raise ValueError(f"read-outs switch between the poolers {READOUTS}; got {encoder.config.pooler!r} -> "
+                         f"{pooler!r} (the fused poolers change pretraining)")
+    config = copy.deepcopy(encoder.config)
+    config.pooler = pooler
+    other = ArtStyleModel(config)
+    state = {key: value for key, value in encoder.state_dict().items()
+             if hasattr(other, "pooler_norm") or not key.startswith("pooler_norm.")}  # "cls" has no read-out norm
+    missing, unexpected = other.load_state_dict(state, strict=False)
+    if unexpected or [key for key in missing if not key.startswith("pooler_norm.")]:
+        raise RuntimeError(f"pooler {pooler!r} read-out: unexpected {unexpected}, missing {missing}")
+    return other.to(next(encoder.parameters()).device).eval()
+
+
+def readout_record(record: dict, encoder, readout: str, args: argparse.Namespace, seed: int) -> dict:
+    """The record of ``record``'s encoder read out through pooler ``readout`` (setting ``<setting>@<readout>``)."""
+    out = {**record, "setting": f"{record['setting']}@{readout}",
+           "config": {**record["config"], "pooler": readout}, "readout_of": record["setting"]}
+    eval_start = time.perf_counter()
+    out.update(evaluate_encoder(with_pooler(encoder, readout), args, seed))
+    out.update(eval_runtime_s=round(time.perf_counter() - eval_start, 1))
+    return out
+
+
+def run_one(setting: str, seed: int, args: argparse.Namespace, return_encoder: bool = False):
+    """The record of one (setting, seed); with ``return_encoder``, ``(record, encoder)``."""
     import torch
 
     from artstyle import ArtStyleModel
@@ -433,7 +480,7 @@ def run_one(setting: str, seed: int, args: argparse.Namespace) -> dict:
     record.update(steps=record["train_steps"], batch=args.batch_size, image_size=config.image_size)
     record.update(eval_runtime_s=round(time.perf_counter() - eval_start, 1),
                   total_runtime_s=round(time.perf_counter() - start, 1))
-    return record
+    return (record, encoder) if return_encoder else record
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -475,6 +522,25 @@ def paired_differences(results: list[dict], metric: str, setting: str = "full",
     return {"setting": setting, "baseline": baseline, "metric": metric, "seeds": seeds, "differences": differences,
             "mean": statistics.fmean(differences), "stderr": stderr,
             "wins": sum(d > 0 for d in differences), "ties": sum(d == 0 for d in differences)}
+
+
+def report_pairs(results: list[dict]) -> list[tuple[str, str]]:
+    """The paired tables of the report: full − moco_v3 as run (each with its own pooler), then, per read-out pooler
+    both can be read through, full − moco_v3 under that same pooler (``<setting>@<pooler>``, or the setting itself
+    when that is its own pooler), so the four components are also compared with the pooler held fixed."""
+    own = {r["setting"]: r.get("config", {}).get("pooler") for r in results if "@" not in r["setting"]}
+    names = {r["setting"] for r in results}
+
+    def under(setting: str, pooler: str) -> str | None:
+        name = setting if own.get(setting) == pooler else f"{setting}@{pooler}"
+        return name if name in names else None
+
+    pairs = [("full", "moco_v3")]
+    for pooler in READOUTS:
+        pair = (under("full", pooler), under("moco_v3", pooler))
+        if None not in pair and pair not in pairs:
+            pairs.append(pair)
+    return pairs
 
 
 def write_report(output_dir: Path) -> Path | None:
@@ -520,11 +586,16 @@ def write_report(output_dir: Path) -> Path | None:
         f"Fine-tune (same recipe for every setting): {recipe or 'not run'}.",
     ]
     paired = [p for p in (paired_differences(results, key) for key, _ in METRICS) if p is not None]
-    if paired:
-        notes += ["", "Paired difference full − moco_v3, per seed (percentage points):", "",
-                  "| metric | " + " | ".join(f"seed {s}" for s in paired[0]["seeds"]) + " | mean | s.e. | full wins |",
-                  "|---|" + "---|" * (len(paired[0]["seeds"]) + 3)]
-        for p in paired:
+    for setting, baseline in report_pairs(results):
+        rows = [p for p in (paired_differences(results, key, setting, baseline) for key, _ in METRICS)
+                if p is not None]
+        if not rows:
+            continue
+        notes += ["", f"Paired difference {setting} − {baseline}, per seed (percentage points):", "",
+                  "| metric | " + " | ".join(f"seed {s}" for s in rows[0]["seeds"])
+                  + f" | mean | s.e. | {setting} wins |",
+                  "|---|" + "---|" * (len(rows[0]["seeds"]) + 3)]
+        for p in rows:
             stderr = "–" if p["stderr"] is None else f"{p['stderr'] * 100:.2f}"
             notes.append(f"| {dict(METRICS)[p['metric']]} | " + " | ".join(f"{d * 100:+.1f}" for d in p["differences"])
                          + f" | {p['mean'] * 100:+.2f} | {stderr} | {p['wins']}/{len(p['seeds'])} |")
@@ -586,6 +657,14 @@ def plot(path: Path, names: list[str], grouped: dict[str, list[dict]], chance: f
 
 
 # ---------------------------------------------------------------------------------------------- main
+def save_record(record: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(path)  # atomic: a half-written file never counts as done
+    print(f"[{time.strftime('%H:%M:%S')}] {record['setting']} seed {record['seed']}: linear probe "
+          f"{record['linear_probe_acc']:.3f}, kNN {record['knn_acc']:.3f} -> {path}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
@@ -616,16 +695,21 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"skip {setting} seed {seed}: {path} exists", flush=True)
                 continue
             try:
-                record = run_one(setting, seed, args)
+                record, encoder = run_one(setting, seed, args, return_encoder=True)
             except Exception as error:  # keep going: the other settings are still worth having
                 failures += 1
                 print(f"FAILED {setting} seed {seed}: {error}", file=sys.stderr, flush=True)
                 continue
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(record, indent=2))
-            tmp.replace(path)  # atomic: a half-written file never counts as done
-            print(f"[{time.strftime('%H:%M:%S')}] {setting} seed {seed}: linear probe "
-                  f"{record['linear_probe_acc']:.3f}, kNN {record['knn_acc']:.3f} -> {path}", flush=True)
+            save_record(record, path)
+            for readout in args.readouts:  # the same encoder through another pooler (no pretraining)
+                if readout == record["config"]["pooler"] or record["config"]["pooler"] not in READOUTS:
+                    continue  # its own pooler, or a fused pooler (not a read-out)
+                readout_path = output_dir / "results" / f"{setting}@{readout}__seed{seed}.json"
+                try:
+                    save_record(readout_record(record, encoder, readout, args, seed), readout_path)
+                except Exception as error:
+                    failures += 1
+                    print(f"FAILED {setting}@{readout} seed {seed}: {error}", file=sys.stderr, flush=True)
     write_report(output_dir)
     return 1 if failures else 0
 

@@ -55,6 +55,9 @@ MIN_RUN_S="${MIN_RUN_S:-60}"
 AUGMENT_ON="${AUGMENT_ON:-}"
 PRETRAIN_ARGS="${PRETRAIN_ARGS:-}"
 EXTRA_ARGS="${EXTRA_ARGS:-}"
+# ablation.py --readouts (empty: none): each run is also evaluated through these poolers, with no extra pretraining,
+# so full (cls_gram_diag) and moco_v3 (cls) are also compared with the pooler held fixed, both ways
+READOUTS="${READOUTS-cls,cls_gram_diag}"
 OUT_DIR="${OUT_DIR:-$REPO/outputs/ablation_gpu}"  # git-ignored; kept between calls on a warm machine
 RESULTS_DIR="${RESULTS_DIR:-$REPO/benchmarks/results}"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
@@ -100,6 +103,7 @@ common=(--data_dir "$DATA_DIR" --output_dir "$OUT_DIR" --max_steps "$STEPS" --ba
         "--pretrain_args=--augment_on $AUGMENT_ON $PRETRAIN_ARGS")
 [[ -n "$CONFIG_OVERRIDES" ]] && common+=(--config_overrides "$CONFIG_OVERRIDES")
 [[ -n "$MIXED_PRECISION" ]] && common+=(--mixed_precision "$MIXED_PRECISION")
+[[ -n "$READOUTS" ]] && common+=(--readouts "$READOUTS")
 read -r -a extra <<< "$EXTRA_ARGS"
 
 pids=()

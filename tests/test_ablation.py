@@ -133,13 +133,56 @@ def test_pretrained_settings_tiny_steps_paired_report(class_folders, tmp_path):
     output = tmp_path / "out"
     argv = ["--data_dir", str(class_folders), "--output_dir", str(output), "--settings", "moco_v3,full",
             "--seeds", "0", "--max_steps", "2", "--batch_size", "4", "--num_workers", "0", "--probe_epochs", "10",
-            "--config_overrides", TINY, "--finetune_epochs", "1", "--finetune_batch_size", "16"]
+            "--config_overrides", TINY, "--finetune_epochs", "1", "--finetune_batch_size", "16",
+            "--readouts", "cls,cls_gram_diag"]
     assert ablation.main(argv) == 0
     records = json.loads((output / "ablation_records.json").read_text())
-    assert [(r["setting"], r["steps"], r["batch"]) for r in records] == [("full", 2, 4), ("moco_v3", 2, 4)]
+    assert sorted((r["setting"], r["steps"], r["batch"]) for r in records) == [
+        ("full", 2, 4), ("full@cls", 2, 4), ("moco_v3", 2, 4), ("moco_v3@cls_gram_diag", 2, 4)]
     assert all(0 <= r["finetune_acc"] <= 1 for r in records)
+    readout = json.loads((output / "results" / "full@cls__seed0.json").read_text())
+    base = json.loads((output / "results" / "full__seed0.json").read_text())
+    assert base["config"]["pooler"] == "cls_gram_diag"  # the default
+    assert readout["readout_of"] == "full" and readout["config"]["pooler"] == "cls"
+    assert readout["pretrain_dir"] == base["pretrain_dir"]  # one pretraining serves both records
     table = (output / "ablation.md").read_text()
     assert "Paired difference full − moco_v3" in table and "| fine-tune |" in table
+    # the components compared with the pooler held fixed, both ways
+    assert "Paired difference full@cls − moco_v3" in table
+    assert "Paired difference full − moco_v3@cls_gram_diag" in table
+
+
+def test_report_pairs_hold_the_pooler_fixed():
+    ablation = load_ablation()
+
+    def rec(setting, pooler):
+        return {**_record(setting, 0, 0.5), "config": {"pooler": pooler}}
+
+    results = [rec("full", "cls_gram_diag"), rec("moco_v3", "cls"), rec("full@cls", "cls"),
+               rec("full@gram_diag", "gram_diag"), rec("moco_v3@gram_diag", "gram_diag")]
+    assert ablation.report_pairs(results) == [("full", "moco_v3"), ("full@cls", "moco_v3"),
+                                              ("full@gram_diag", "moco_v3@gram_diag")]
+
+
+def test_with_pooler_reads_the_same_weights_through_the_gram_diagonal():
+    from artstyle import ArtStyleConfig, ArtStyleModel
+
+    ablation = load_ablation()
+    torch.manual_seed(0)
+    encoder = ArtStyleModel(ArtStyleConfig.tiny(**json.loads(TINY), pooler="cls")).eval()
+    other = ablation.with_pooler(encoder, "gram_diag")
+    assert other.config.pooler == "gram_diag" and encoder.config.pooler == "cls"  # the original is left alone
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        tokens = encoder(x, output_hidden_states=True).hidden_states[-1][:, 1:]
+        logs = torch.log(tokens.pow(2).mean(1) + 1e-6)
+        expected = (logs - logs.mean(1, keepdim=True)) / torch.sqrt(logs.var(1, unbiased=False, keepdim=True) + 1e-6)
+        torch.testing.assert_close(other(x).pooler_output, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(SystemExit):
+        ablation.parse_args(["--data_dir", ".", "--output_dir", "unused", "--readouts", "fused"])
+    fused = ArtStyleModel(ArtStyleConfig.tiny(**json.loads(TINY), pooler="fused"))
+    with pytest.raises(ValueError, match="fused poolers change pretraining"):
+        ablation.with_pooler(fused, "cls")
 
 
 # ---------------------------------------------------------------------------------------------- GPU script
@@ -152,7 +195,9 @@ def test_gpu_ablation_script_dry_run_on_cpu(class_folders, tmp_path):
                                capture_output=True, text=True)
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
     table = json.loads((tmp_path / "results" / "ablation_gpu.json").read_text())
-    assert [(r["setting"], r["seed"], r["steps"]) for r in table] == [("moco_v3", 0, 2)]
+    # the default read-outs: moco_v3 (own pooler cls) is also read through cls_gram_diag, same pretraining
+    assert sorted((r["setting"], r["seed"], r["steps"]) for r in table) == [("moco_v3", 0, 2),
+                                                                            ("moco_v3@cls_gram_diag", 0, 2)]
     assert set(table[0]) == {"setting", "seed", "steps", "batch", "image_size", "linear_probe_acc", "knn_acc",
                              "finetune_acc"}
     assert (tmp_path / "results" / "ablation_gpu.md").read_text().startswith("| setting |")

@@ -199,7 +199,8 @@ def test_pretraining_distillation_term_uses_the_cross_view_teacher_keys():
         return model.distillation(layer_cls, model.distill_projector, model.distill_predictor).numpy()
 
     def teacher_key(x):
-        return F.normalize(model.teacher["projector"](model.teacher["artstyle"](x).pooler_output), dim=-1).numpy()
+        cls = model.teacher["artstyle"](x).last_hidden_state[:, 0]  # the projector reads the CLS (any read-out)
+        return F.normalize(model.teacher["projector"](cls), dim=-1).numpy()
 
     with torch.no_grad():
         out = model(x1, x2)

@@ -159,7 +159,7 @@ def test_encoder_outputs_and_fusion_summary():
 
 
 def test_cls_pooler_is_the_normalised_last_block_cls():
-    model = _pretraining_model()
+    model = _pretraining_model(pooler="cls")
     outputs = diagnostics.encoder_outputs(model.artstyle, [{"pixel_values": torch.randn(4, 3, 32, 32)}])
     assert outputs["labels"] is None
     with torch.no_grad():

@@ -138,21 +138,87 @@ def test_zero_weight_skips_component_compute():
 
 def test_base_model_outputs_and_poolers():
     x = _views()[0]
-    for pooler in ("cls", "fused", "fused_style"):
+    for pooler in ("cls", "fused", "fused_style", "gram_diag", "cls_gram_diag"):
         model = ArtStyleModel(tiny_config(pooler=pooler, backbone_depth=3, fusion_layers=[0, 2])).eval()
         out = model(x, output_hidden_states=True)
         assert out.last_hidden_state.shape == (4, 17, 192)
-        assert out.pooler_output.shape == (4, 192)
+        assert out.pooler_output.shape == (4, 384 if pooler == "cls_gram_diag" else 192)
         assert len(out.hidden_states) == 3 and out.hidden_states[0].shape == (4, 17, 192)
         assert out.fusion_weights.shape == (4, 2, 2)
         torch.testing.assert_close(out.fusion_weights.sum(-1), torch.ones(4, 2))
         if pooler == "cls":
             torch.testing.assert_close(out.pooler_output, out.last_hidden_state[:, 0])
+        elif pooler in ("gram_diag", "cls_gram_diag"):
+            assert out.fusion_pool_weights is None
         else:
             assert out.fusion_pool_weights.shape == (4, 2)
         assert (out.style_embedding is not None) == (pooler == "fused_style")
         # the last hidden state equals the last block output after the final norm
         torch.testing.assert_close(model.backbone.norm(out.hidden_states[-1]), out.last_hidden_state)
+
+
+@pytest.mark.parametrize("gram_layer", [-1, 0])
+def test_gram_diag_pooler_matches_a_hand_computation(gram_layer):
+    """pooler "gram_diag" = LayerNorm(log(diag(TᵀT/N) + 1e-6)) over block `gram_layer`'s patch tokens T (CLS
+    excluded, before the final norm): checked against loops over the hidden states, for the base model and for the
+    classifier's pooler_only path, whose logits must be the head applied to it."""
+    config = tiny_config(pooler="gram_diag", gram_layer=gram_layer, num_labels=3)
+    model = ArtStyleModel(config).eval()
+    with torch.no_grad():
+        model.pooler_norm.weight.uniform_(0.5, 1.5)  # a non-trivial affine, so it must be applied
+        model.pooler_norm.bias.uniform_(-0.5, 0.5)
+    x = _views()[0]
+    out = model(x, output_hidden_states=True)
+    tokens = out.hidden_states[gram_layer][:, 1:]  # [B, 16, 192]
+    expected = torch.empty(4, 192)
+    for b in range(4):
+        diag = torch.stack([sum(tokens[b, n, d] ** 2 for n in range(16)) / 16 for d in range(192)])
+        logs = torch.log(diag + 1e-6)
+        normed = (logs - logs.mean()) / torch.sqrt(logs.var(unbiased=False) + 1e-6)
+        expected[b] = normed * model.pooler_norm.weight + model.pooler_norm.bias
+    torch.testing.assert_close(out.pooler_output, expected, atol=1e-4, rtol=1e-4)
+    assert out.gram is not None and out.style_embedding is None  # the learnable Gram module is left as it was
+    # "cls_gram_diag": the CLS head input (after the final norm) next to the same diagonal
+    both = ArtStyleModel(tiny_config(pooler="cls_gram_diag", gram_layer=gram_layer)).eval()
+    both.load_state_dict(model.state_dict())
+    torch.testing.assert_close(both(x).pooler_output, torch.cat([out.last_hidden_state[:, 0], expected], dim=-1),
+                               atol=1e-4, rtol=1e-4)
+
+    classifier = ArtStyleForImageClassification(config).eval()
+    classifier.artstyle.load_state_dict(model.state_dict())
+    logits = classifier(x).logits
+    torch.testing.assert_close(logits, classifier.classifier(expected), atol=1e-4, rtol=1e-4)
+    # the pooler reads pre-norm tokens: the backbone's final norm gets no gradient and is frozen
+    assert not any(p.requires_grad for p in classifier.artstyle.backbone.norm.parameters())
+
+
+@pytest.mark.parametrize("pooler", ["gram_diag", "cls_gram_diag"])
+def test_gram_diag_pooler_is_a_read_out_only_pretraining_is_unchanged(pooler):
+    """Under the Gram-diagonal poolers the contrastive projector keeps reading the CLS: the same weights and views
+    give the same losses and gradients as with "cls"; only the pretraining output's pooler_output differs."""
+    torch.manual_seed(0)
+    cls_model = ArtStyleForPretraining(tiny_config(pooler="cls"))
+    diag_model = ArtStyleForPretraining(tiny_config(pooler=pooler))
+    missing, unexpected = diag_model.load_state_dict(cls_model.state_dict(), strict=False)
+    assert unexpected == [] and sorted(missing) == ["artstyle.pooler_norm.bias", "artstyle.pooler_norm.weight",
+                                                     "teacher.artstyle.pooler_norm.bias",
+                                                     "teacher.artstyle.pooler_norm.weight"]
+    x1, x2 = _views()
+    out_cls, out_diag = cls_model(x1, x2), diag_model(x1, x2)
+    for name in ("loss", "loss_contrastive", "loss_layerwise", "loss_distill", "loss_gram"):
+        torch.testing.assert_close(getattr(out_diag, name), getattr(out_cls, name))
+    out_cls.loss.backward()
+    out_diag.loss.backward()
+    torch.testing.assert_close(diag_model.artstyle.backbone.norm.weight.grad,
+                               cls_model.artstyle.backbone.norm.weight.grad)
+    torch.testing.assert_close(out_diag.pooler_output,
+                               diag_model.artstyle(x1).pooler_output.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_gram_diag_pooler_keeps_the_tokens_dtype_in_bfloat16():
+    model = ArtStyleModel(tiny_config(pooler="gram_diag")).to(torch.bfloat16).eval()
+    out = model(_views()[0].to(torch.bfloat16))
+    assert out.pooler_output.dtype == torch.bfloat16 and torch.isfinite(out.pooler_output.float()).all()
 
 
 def test_classifier_losses_and_frozen_unused_modules():
@@ -200,7 +266,7 @@ def test_forward_needs_two_views():
         model(_views()[0], None)
 
 
-@pytest.mark.parametrize("pooler", ["cls", "fused", "fused_style"])
+@pytest.mark.parametrize("pooler", ["cls", "fused", "fused_style", "gram_diag", "cls_gram_diag"])
 def test_classifier_trainable_parameters_all_receive_gradients(pooler):
     model = ArtStyleForImageClassification(tiny_config(num_labels=2, pooler=pooler))
     model(_views()[0], labels=torch.tensor([0, 1, 1, 0])).loss.backward()

@@ -106,7 +106,8 @@ def test_distillation_of_blocks_outside_the_fusion_and_gram_layers_reads_their_o
         return F.normalize(model.distill_predictor(model.distill_projector(tokens)), dim=-1).numpy()
 
     def teacher_key(x):
-        return F.normalize(model.teacher["projector"](model.teacher["artstyle"](x).pooler_output), dim=-1).numpy()
+        cls = model.teacher["artstyle"](x).last_hidden_state[:, 0]  # the projector reads the CLS (any read-out)
+        return F.normalize(model.teacher["projector"](cls), dim=-1).numpy()
 
     with torch.no_grad():
         out = model(x1, x2)
@@ -127,7 +128,8 @@ def test_distillation_alone_without_the_contrastive_term_still_gets_teacher_keys
         return model.distillation(layer_cls, model.distill_projector, model.distill_predictor).numpy()
 
     def teacher_key(x):
-        return F.normalize(model.teacher["projector"](model.teacher["artstyle"](x).pooler_output), dim=-1).numpy()
+        cls = model.teacher["artstyle"](x).last_hidden_state[:, 0]  # the projector reads the CLS (any read-out)
+        return F.normalize(model.teacher["projector"](cls), dim=-1).numpy()
 
     with torch.no_grad():
         out = model(x1, x2)

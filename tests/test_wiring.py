@@ -63,10 +63,10 @@ def reference_view(model, x, teacher):
     cls = [h[:, 0] for h in hidden]
     fusion_layers = _layers(config, depth, "fusion_layers")
     fused = refs.fusion(encoder.fusion, torch.stack([cls[i] for i in fusion_layers], 1), config.fusion_num_heads)
-    if config.pooler == "cls":
+    if config.pooler in ("cls", "gram_diag", "cls_gram_diag"):  # the Gram-diagonal poolers: the projector reads the CLS
         pooled = refs.layer_norm(refs.f64(hidden[-1][:, 0]), backbone.norm.weight, backbone.norm.bias)
     else:
-        assert config.pooler == "fused", "reference covers the cls and fused poolers"
+        assert config.pooler == "fused", "reference covers the cls, Gram-diagonal and fused poolers"
         pooled = fused["pooled"]
     view = {"gram": refs.gram(encoder.gram, hidden[config.gram_layer % depth][:, backbone.num_prefix_tokens:])}
     projector = model.teacher["projector"] if teacher else model.projector
