@@ -66,7 +66,7 @@ class Analysis:
     embedding: the unit-norm style embedding ``[D]`` (`pooler_output`, as the search index stores it);
     fusion_weights: ``[L]`` attention over ``fusion_layers`` (see ``fusion_source``), or None without fusion;
     fusion_source: ``"pooling"`` (the pooler's attention over layers) or ``"cross-layer"`` (column mean of the
-    cross-layer attention, for a ``"cls"`` pooler whose fusion only serves the layer-wise loss);
+    cross-layer attention, for a non-fused pooler whose fusion only serves the layer-wise loss);
     gram: the normalised Gram matrix ``[C, C]``, or None without a Gram module.
     """
 
@@ -328,11 +328,11 @@ class StyleApp:
             notes.append(f"Predicted style: **{best}** ({probability:.1%}).")
         fusion = gram = None
         if analysis.fusion_weights is None:
-            notes.append("This model has no attention fusion (pooler `cls` with the layer-wise loss off): "
+            notes.append("This model has no attention fusion (a non-fused pooler with the layer-wise loss off): "
                          "no fusion chart.")
         else:
             title = ("Attention pooling over layers" if analysis.fusion_source == "pooling"
-                     else "Cross-layer attention received (pooler 'cls')")
+                     else "Cross-layer attention received (non-fused pooler)")
             fusion = fusion_weights_figure(analysis.fusion_weights, analysis.fusion_layers, title=title)
         if analysis.gram is None:
             notes.append("This model has no Gram module (`weight_gram` 0, pooler not `fused_style`): no heat map.")

@@ -56,7 +56,8 @@ AUGMENT_ON="${AUGMENT_ON:-}"
 PRETRAIN_ARGS="${PRETRAIN_ARGS:-}"
 EXTRA_ARGS="${EXTRA_ARGS:-}"
 # ablation.py --readouts (empty: none): each run is also evaluated through these poolers, with no extra pretraining,
-# so full (cls_gram_diag) and moco_v3 (cls) are also compared with the pooler held fixed, both ways
+# so full (cls_gram_diag) and moco_v3 (cls) are also compared with the pooler held fixed, both ways. They run after
+# the run's own result file is written: a run killed at its time limit during them keeps that result.
 READOUTS="${READOUTS-cls,cls_gram_diag}"
 OUT_DIR="${OUT_DIR:-$REPO/outputs/ablation_gpu}"  # git-ignored; kept between calls on a warm machine
 RESULTS_DIR="${RESULTS_DIR:-$REPO/benchmarks/results}"
