@@ -54,8 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_common_arguments(parser, batch_help="Batch of the model-forward comparison.")
-    parser.add_argument("--pooler", default=None, choices=["cls", "fused", "fused_style", "gram_diag"],
-                        help="Override the preset's pooler (default: the preset's, i.e. cls).")
+    parser.add_argument("--pooler", default=None, choices=["cls", "fused", "fused_style", "gram_diag", "cls_gram_diag"],
+                        help="Override the preset's pooler (default: the preset's, i.e. cls_gram_diag).")
     parser.add_argument("--num_labels", type=int, default=12)
     parser.add_argument("--pipeline_batch_size", type=int, default=32)
     parser.add_argument("--pipeline_batches", type=int, default=5, help="Measured pipeline batches (median).")
