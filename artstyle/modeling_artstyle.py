@@ -257,24 +257,22 @@ class ArtStyleModel(ArtStylePreTrainedModel):
             fused, output.fusion_weights, pooled_fused, output.fusion_pool_weights = self.fusion(layer_tokens)
         if use_gram:
             output.gram, output.style_embedding = self.gram(by_layer[self.gram_layer][0])
-        if self.config.pooler == "cls":
-            output.pooler_output = backbone.forward_head(final, pre_logits=True)
-        elif self.config.pooler == "fused":
+        # The CLS head input, computed once: the "cls" pooler, and the projector's input under the Gram-diagonal
+        # poolers, which are read-outs only (pretraining is the same as with "cls").
+        pooler = self.config.pooler
+        cls_head = (backbone.forward_head(final, pre_logits=True)
+                    if pooler in ("cls", "cls_gram_diag") or (pooler == "gram_diag" and not pooler_only) else None)
+        if pooler == "cls":
+            output.pooler_output = cls_head
+        elif pooler == "fused":
             output.pooler_output = pooled_fused
-        elif self.config.pooler == "gram_diag":
-            output.pooler_output = self.pool_gram_diag(by_layer[self.gram_layer][0])
-        elif self.config.pooler == "cls_gram_diag":
-            output.pooler_output = torch.cat([backbone.forward_head(final, pre_logits=True),
-                                              self.pool_gram_diag(by_layer[self.gram_layer][0])], dim=-1)
+        elif pooler in _GRAM_DIAG_POOLERS:
+            diag = self.pool_gram_diag(by_layer[self.gram_layer][0])
+            output.pooler_output = diag if pooler == "gram_diag" else torch.cat([cls_head, diag], dim=-1)
         else:
             style = output.style_embedding.to(pooled_fused.dtype)
             output.pooler_output = self.pooler_proj(self.pooler_norm(torch.cat([pooled_fused, style], dim=-1)))
-        # The contrastive projector reads the pooler output, except under the Gram-diagonal poolers: they are
-        # read-outs only, and the projector keeps reading the CLS (head input), so pretraining is the same as with
-        # "cls".
-        contrast_input = output.pooler_output
-        if self.config.pooler in _GRAM_DIAG_POOLERS and not pooler_only:
-            contrast_input = backbone.forward_head(final, pre_logits=True)
+        contrast_input = cls_head if pooler in _GRAM_DIAG_POOLERS else output.pooler_output
         if output_hidden_states:
             output.hidden_states = tuple(torch.cat([by_layer[i][1], by_layer[i][0]], dim=1)
                                          for i in range(len(backbone.blocks)))
