@@ -435,8 +435,8 @@ def readout_record(record: dict, encoder, readout: str, args: argparse.Namespace
     return out
 
 
-def run_one(setting: str, seed: int, args: argparse.Namespace, return_encoder: bool = False):
-    """The record of one (setting, seed); with ``return_encoder``, ``(record, encoder)``."""
+def run_one(setting: str, seed: int, args: argparse.Namespace) -> tuple[dict, object]:
+    """``(record, encoder)`` of one (setting, seed); the encoder serves the read-outs."""
     import torch
 
     from artstyle import ArtStyleModel
@@ -480,7 +480,7 @@ def run_one(setting: str, seed: int, args: argparse.Namespace, return_encoder: b
     record.update(steps=record["train_steps"], batch=args.batch_size, image_size=config.image_size)
     record.update(eval_runtime_s=round(time.perf_counter() - eval_start, 1),
                   total_runtime_s=round(time.perf_counter() - start, 1))
-    return (record, encoder) if return_encoder else record
+    return record, encoder
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -695,7 +695,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"skip {setting} seed {seed}: {path} exists", flush=True)
                 continue
             try:
-                record, encoder = run_one(setting, seed, args, return_encoder=True)
+                record, encoder = run_one(setting, seed, args)
             except Exception as error:  # keep going: the other settings are still worth having
                 failures += 1
                 print(f"FAILED {setting} seed {seed}: {error}", file=sys.stderr, flush=True)
