@@ -31,6 +31,8 @@ pooler switched to another read-out pooler (``"cls"``; ``"gram_diag"``: the log 
 whose LayerNorm starts as the identity affine; ``"cls_gram_diag"``, the default: the CLS next to it), recorded as
 setting ``<setting>@<pooler>``. Pretraining does not depend on which of the three a config names (the projector reads
 the CLS), so one pretraining serves every record and the report adds full − moco_v3 with the pooler held fixed.
+Resumable like the settings: a later call adds the read-outs a saved (setting, seed) lacks, from its pretrained folder
+(or its seeded random init), without pretraining again.
 
 Budget per run: ``--max_steps N`` (same number of steps for every setting) or ``--minutes M`` (same wall-clock
 pretraining time: a 5-step calibration run of ``run_pretrain.py`` per setting measures seconds per step, cached in
@@ -665,6 +667,18 @@ def save_record(record: dict, path: Path) -> None:
           f"{record['linear_probe_acc']:.3f}, kNN {record['knn_acc']:.3f} -> {path}", flush=True)
 
 
+def saved_encoder(record: dict, args: argparse.Namespace):
+    """The encoder a saved record was evaluated on (resume): its pretrained folder, or the seeded random init."""
+    import torch
+
+    from artstyle import ArtStyleModel
+
+    if record["setting"] == "random_init":
+        torch.manual_seed(record["seed"])
+        return ArtStyleModel(build_config(record["overrides"], args.config_preset))
+    return ArtStyleModel.from_pretrained(record["pretrain_dir"])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
@@ -691,21 +705,25 @@ def main(argv: list[str] | None = None) -> int:
     for setting in args.settings:
         for seed in args.seeds:
             path = output_dir / "results" / f"{setting}__seed{seed}.json"
+            encoder = None
             if path.exists():
                 print(f"skip {setting} seed {seed}: {path} exists", flush=True)
-                continue
-            try:
-                record, encoder = run_one(setting, seed, args)
-            except Exception as error:  # keep going: the other settings are still worth having
-                failures += 1
-                print(f"FAILED {setting} seed {seed}: {error}", file=sys.stderr, flush=True)
-                continue
-            save_record(record, path)
-            for readout in args.readouts:  # the same encoder through another pooler (no pretraining)
-                if readout == record["config"]["pooler"] or record["config"]["pooler"] not in READOUTS:
-                    continue  # its own pooler, or a fused pooler (not a read-out)
-                readout_path = output_dir / "results" / f"{setting}@{readout}__seed{seed}.json"
+                record = json.loads(path.read_text())
+            else:
                 try:
+                    record, encoder = run_one(setting, seed, args)
+                except Exception as error:  # keep going: the other settings are still worth having
+                    failures += 1
+                    print(f"FAILED {setting} seed {seed}: {error}", file=sys.stderr, flush=True)
+                    continue
+                save_record(record, path)
+            for readout in args.readouts:  # the same encoder through another pooler (no pretraining)
+                readout_path = output_dir / "results" / f"{setting}@{readout}__seed{seed}.json"
+                if (readout == record["config"]["pooler"] or record["config"]["pooler"] not in READOUTS
+                        or readout_path.exists()):
+                    continue  # its own pooler, a fused pooler (not a read-out), or done by an earlier call
+                try:
+                    encoder = encoder if encoder is not None else saved_encoder(record, args)
                     save_record(readout_record(record, encoder, readout, args, seed), readout_path)
                 except Exception as error:
                     failures += 1

@@ -105,6 +105,15 @@ def test_finetune_evaluation_random_init(class_folders, tmp_path):
     assert 0.0 <= record["finetune_acc"] <= 1.0
     assert record["finetune_recipe"]["epochs"] == 3 and record["steps"] == 0 and record["image_size"] == 16
     assert "Fine-tune (same recipe for every setting): {'epochs': 3" in (output / "ablation.md").read_text()
+    # resume: the saved record's encoder is rebuilt exactly (same seeded init: same probe and kNN as the record) ...
+    args = ablation.parse_args([*argv, "--finetune_epochs", "0"])
+    rebuilt = ablation.evaluate_encoder(ablation.saved_encoder(record, args), args, 0)
+    assert (rebuilt["linear_probe_acc"], rebuilt["knn_acc"]) == (record["linear_probe_acc"], record["knn_acc"])
+    # ... so a later call with --readouts adds the read-out records without running the setting again
+    assert ablation.main([*argv, "--readouts", "cls"]) == 0
+    readout = json.loads((output / "results" / "random_init@cls__seed0.json").read_text())
+    assert readout["readout_of"] == "random_init" and readout["config"]["pooler"] == "cls"
+    assert json.loads((output / "results" / "random_init__seed0.json").read_text()) == record
 
 
 def test_finetune_leaves_the_encoder_unchanged(class_folders):
@@ -150,6 +159,11 @@ def test_pretrained_settings_tiny_steps_paired_report(class_folders, tmp_path):
     # the components compared with the pooler held fixed, both ways
     assert "Paired difference full@cls − moco_v3" in table
     assert "Paired difference full − moco_v3@cls_gram_diag" in table
+    # resume: a read-out missing from an earlier call is computed from the saved pretrained folder, with the same result
+    (output / "results" / "full@cls__seed0.json").unlink()
+    assert ablation.main(argv) == 0
+    again = json.loads((output / "results" / "full@cls__seed0.json").read_text())
+    assert (again["linear_probe_acc"], again["knn_acc"]) == (readout["linear_probe_acc"], readout["knn_acc"])
 
 
 def test_report_pairs_hold_the_pooler_fixed():
