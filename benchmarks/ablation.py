@@ -253,6 +253,15 @@ def run_logged(command: list[str], log_path: Path) -> None:
         raise RuntimeError(f"command failed (exit {completed.returncode}), log {log_path}:\n" + "\n".join(tail))
 
 
+def finished_pretraining(run_dir: Path, steps: int) -> bool:
+    """Whether ``run_dir`` holds a finished run_pretrain.py run of ``steps`` steps (resume: a run killed during its
+    evaluation keeps its pretraining, and a later call only evaluates it)."""
+    results_path = run_dir / "all_results.json"
+    if not results_path.exists() or not (run_dir / "config.json").exists():
+        return False
+    return json.loads(results_path.read_text()).get("train_steps") == steps
+
+
 def seconds_per_step(setting: str, overrides: dict, args: argparse.Namespace) -> float:
     """Calibrate ``--minutes``: a short run_pretrain.py run of ``setting``; cached per setting and batch size."""
     cache = Path(args.output_dir) / "calibration" / f"{setting}__bs{args.batch_size}.json"
@@ -468,7 +477,10 @@ def run_one(setting: str, seed: int, args: argparse.Namespace) -> tuple[dict, ob
         run_dir = Path(args.output_dir) / "runs" / f"{setting}__seed{seed}"
         command = pretrain_command(args, overrides, steps, seed, run_dir)
         print(f"[{time.strftime('%H:%M:%S')}] pretrain {setting} seed {seed}: {steps} steps -> {run_dir}", flush=True)
-        run_logged(command, run_dir.with_suffix(".log"))
+        if finished_pretraining(run_dir, steps):
+            print(f"  reusing the finished pretraining in {run_dir} ({steps} steps)", flush=True)
+        else:
+            run_logged(command, run_dir.with_suffix(".log"))
         pretrain = json.loads((run_dir / "all_results.json").read_text())
         record.update(command=shlex.join(command), pretrain_dir=str(run_dir),
                       **{k: v for k, v in pretrain.items() if k.startswith("train_")},

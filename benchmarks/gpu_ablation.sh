@@ -70,32 +70,33 @@ artstyle_gpu_setup "$PYTHON" "$OUT_DIR/logs/setup.log"
 if [[ -z "$AUGMENT_ON" ]]; then
   AUGMENT_ON=$("$PYTHON" -c "import torch; print('gpu' if torch.cuda.is_available() else 'auto')")
 fi
-"$PYTHON" - <<'EOF'
-import importlib, torch
+# ONE Python process (a Python start cost 15-20 s on a fresh H200 machine): the imports the runs need, the dataset
+# cache (built once, before the parallel runs race to build it) and, for the GPU-augmentation path, the decoded uint8
+# cache of the training images (run_pretrain --decoded_cache auto finds it; without it the first run builds it while
+# the others wait on its lock; best effort: with --max_train_images in EXTRA_ARGS the runs' split differs and the
+# first run builds its own)
+"$PYTHON" - "$DATA_DIR" "$PRESET" "$CONFIG_OVERRIDES" "$AUGMENT_ON" <<'PY'
+import importlib, json, sys, time
+import torch
 for name in ("timm", "transformers", "datasets", "accelerate", "sklearn", "matplotlib"):
     importlib.import_module(name)
 print(f"torch {torch.__version__}, cuda {torch.cuda.is_available()}"
       + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else " (CPU dry run)"), flush=True)
-EOF
-# build the dataset cache once, before the parallel runs race to build it
-"$PYTHON" -c "from artstyle.data import load_style_dataset; load_style_dataset('imagefolder', data_dir='$DATA_DIR', test_size=0.2, seed=0)"
-# and, for the GPU-augmentation path, the decoded uint8 cache of the training images (run_pretrain --decoded_cache
-# auto finds it; without this the first run builds it while the others wait on its lock). Best effort: with
-# --max_train_images in EXTRA_ARGS the runs' split differs and the first run builds its own.
-if [[ "$AUGMENT_ON" == gpu ]]; then
-  "$PYTHON" - "$DATA_DIR" "$PRESET" "$CONFIG_OVERRIDES" <<'PY' || echo "decoded cache not pre-built (each run builds it)"
-import json, sys, time
 from artstyle import ArtStyleConfig
 from artstyle.data import load_style_dataset
 from artstyle.fast_data import DecodedImages, build_decoded_cache, default_decode_size
-data_dir, preset, overrides = sys.argv[1], sys.argv[2], json.loads(sys.argv[3] or "{}")
-start = time.perf_counter()
+data_dir, preset, overrides, augment_on = sys.argv[1], sys.argv[2], json.loads(sys.argv[3] or "{}"), sys.argv[4]
 split = load_style_dataset("imagefolder", data_dir=data_dir, test_size=0.2, seed=0)["train"]
-size = default_decode_size(ArtStyleConfig.from_preset(preset, **overrides).image_size)
-path = build_decoded_cache(DecodedImages(split, size), num_workers=8)
-print(f"decoded cache {path} ({len(split)} images at {size} px) in {time.perf_counter() - start:.1f} s", flush=True)
+if augment_on == "gpu":
+    start = time.perf_counter()
+    try:
+        size = default_decode_size(ArtStyleConfig.from_preset(preset, **overrides).image_size)
+        path = build_decoded_cache(DecodedImages(split, size), num_workers=8)
+        print(f"decoded cache {path} ({len(split)} images at {size} px) in {time.perf_counter() - start:.1f} s",
+              flush=True)
+    except Exception as error:  # best effort: each run builds it then
+        print(f"decoded cache not pre-built (each run builds it): {error!r}", flush=True)
 PY
-fi
 echo "setup done after $(( $(date +%s) - start )) s; data $DATA_DIR; steps $STEPS, batch $BATCH, seeds $SEEDS, settings $SETTINGS, $PARALLEL at once, augment_on $AUGMENT_ON${DEADLINE_EPOCH:+, deadline in $(( DEADLINE_EPOCH - $(date +%s) )) s}"
 
 common=(--data_dir "$DATA_DIR" --output_dir "$OUT_DIR" --max_steps "$STEPS" --batch_size "$BATCH"

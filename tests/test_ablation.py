@@ -164,6 +164,17 @@ def test_pretrained_settings_tiny_steps_paired_report(class_folders, tmp_path):
     assert ablation.main(argv) == 0
     again = json.loads((output / "results" / "full@cls__seed0.json").read_text())
     assert (again["linear_probe_acc"], again["knn_acc"]) == (readout["linear_probe_acc"], readout["knn_acc"])
+    # resume: a run killed during its evaluation (no result file) keeps its pretraining; the next call only evaluates it
+    weights = Path(base["pretrain_dir"]) / "model.safetensors"
+    written = weights.stat().st_mtime_ns
+    assert ablation.finished_pretraining(Path(base["pretrain_dir"]), 2)
+    assert not ablation.finished_pretraining(Path(base["pretrain_dir"]), 3)  # another budget: pretrain again
+    (output / "results" / "full__seed0.json").unlink()
+    assert ablation.main(argv) == 0
+    assert weights.stat().st_mtime_ns == written  # not pretrained again
+    redone = json.loads((output / "results" / "full__seed0.json").read_text())
+    assert (redone["linear_probe_acc"], redone["knn_acc"], redone["train_steps"]) == (
+        base["linear_probe_acc"], base["knn_acc"], base["train_steps"])
 
 
 def test_report_pairs_hold_the_pooler_fixed():

@@ -175,3 +175,38 @@ def test_gpu_check_skips_every_step_it_has_no_time_for(tmp_path):
         stopped = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], env=environ, cwd=REPO,
                                  capture_output=True, text=True, timeout=300)
         assert stopped.returncode == 1 and "ALLOW_CPU=1 for a CPU dry run" in stopped.stdout
+
+
+def _setup(tmp_path: Path, python: str) -> subprocess.CompletedProcess:
+    """Source _gpu_setup.sh from the repository root, run the setup, then import artstyle from ANOTHER folder (as
+    `python benchmarks/x.py` does: the repository root is not on sys.path then)."""
+    script = (f'source benchmarks/_gpu_setup.sh; artstyle_gpu_setup "{python}" "{tmp_path}/setup.log"; rc=$?; '
+              'echo "PYTHONPATH=$PYTHONPATH"; cd /; "$0" -c "import artstyle; print(\'FROM\', artstyle.__file__)"; '
+              'exit $rc')
+    environ = {key: value for key, value in os.environ.items() if key not in ("ARTSTYLE_GPU_SETUP_DONE", "PYTHONPATH")}
+    environ.update(WHEELS_DIR=str(tmp_path / "no_wheels"), ARTSTYLE_SITE=str(tmp_path / "no_site"))
+    return subprocess.run(["bash", "-c", script, python], env=environ, cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_setup_puts_this_checkout_first_for_scripts_run_from_elsewhere(tmp_path):
+    result = _setup(tmp_path, sys.executable)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"PYTHONPATH={REPO}" in result.stdout  # first entry: the working tree, installed or not
+    assert f"FROM {REPO / 'artstyle' / '__init__.py'}" in result.stdout
+    log = (tmp_path / "setup.log").read_text()
+    assert "artstyle 0." in log and "\nmissing: \n" in log + "\n" and "device: " in log
+
+
+def test_setup_fails_clearly_when_artstyle_cannot_be_imported(tmp_path):
+    # an interpreter on which `import artstyle` fails whatever PYTHONPATH says (a broken package shadows it)
+    fake = tmp_path / "fake"
+    (fake / "artstyle").mkdir(parents=True)
+    (fake / "artstyle" / "__init__.py").write_text("raise ImportError('BROKEN-ARTSTYLE')\n")
+    wrapper = write_stub(tmp_path / "python", f'#!/usr/bin/env bash\nPYTHONPATH="{fake}:$PYTHONPATH" '
+                                              f'exec "{sys.executable}" "$@"\n')
+    result = _setup(tmp_path, wrapper)
+    assert result.returncode == 1
+    log = (tmp_path / "setup.log").read_text()
+    assert "artstyle MISSING: ImportError('BROKEN-ARTSTYLE')" in log
+    assert "missing: artstyle" in log and "torch or artstyle cannot be imported" in log
