@@ -17,6 +17,9 @@
 #             and result JSON of both phases; no weights, no caches).
 # A failing phase is recorded and the next one still runs; the exit status is 1 when anything failed.
 #
+# Measured on the first lent H200 (2026-11-28): a Python start costs 15-20 s there (cold imports), the runs made 5-6
+# steps/s each (host-bound), so 600 steps took 100-120 s; a 10-epoch fine-tune does not fit beside them, hence
+# FINETUNE_EPOCHS=3 here (the CPU validation's recipe). benchmarks/README.md, "First lent session", has the plan.
 # Default ablation size (env STEPS BATCH PARALLEL NUM_WORKERS SEEDS SETTINGS FINETUNE_EPOCHS ...; gpu_ablation.sh
 # documents them all): 600 steps of batch 128 (tiny preset, 64 px), 6 runs at once, 2 loader workers each. Arithmetic:
 # the last H200 measurement ran ~7.6 steps/s per run, loader-bound (CPU augmentation, 7 workers per run, 2 runs); the
@@ -123,6 +126,7 @@ run_phases() {
         # OUT is emptied for the phase: it writes into RESULTS_DIR / ABLATION_OUT_DIR, this script returns the files
         timeout --kill-after=10 "$limit" env OUT= RESULTS_DIR="$RESULTS_DIR" OUT_DIR="$ABLATION_OUT_DIR" \
           DEADLINE_EPOCH=$((end - 5)) STEPS="${STEPS:-600}" BATCH="${BATCH:-128}" PARALLEL="${PARALLEL:-6}" \
+          FINETUNE_EPOCHS="${FINETUNE_EPOCHS:-3}" \
           NUM_WORKERS="${NUM_WORKERS:-2}" AUGMENT_ON="${AUGMENT_ON:-$augment}" \
           TIME_LIMIT="${TIME_LIMIT:-$limit}" bash "$ABLATION_SCRIPT" 2>&1 | tee "$WORK_DIR/ablation.log"
         rc=${PIPESTATUS[0]}
