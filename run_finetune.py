@@ -296,7 +296,7 @@ def build_optimizer(model: nn.Module, train_args: FinetuneArguments) -> torch.op
     groups = layer_decay_param_groups(model, train_args.weight_decay, train_args.layer_decay)
     for group in groups:
         group["lr"] = train_args.learning_rate * group["lr_scale"]
-    return torch.optim.AdamW(groups, lr=train_args.learning_rate, betas=(0.9, 0.999))
+    return torch.optim.AdamW(groups, lr=train_args.learning_rate, betas=(0.9, 0.999), fused=True)
 
 
 def initialise_head_by_linear_probe(model, data: StyleData, image_processor, data_args: DataArguments,

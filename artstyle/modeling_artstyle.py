@@ -97,6 +97,24 @@ class _Encoded:
     contrast_input: torch.Tensor | None = None  # what the contrastive projector reads (see `encode`)
 
 
+def _split_encoded(encoded: _Encoded, parts: int) -> list[_Encoded]:
+    """Split an `_Encoded` of ``parts`` concatenated equal batches into one per batch (every tensor is batch-first)."""
+
+    def split(value):
+        if value is None:
+            return [None] * parts
+        if isinstance(value, tuple):
+            return list(zip(*(split(item) for item in value)))
+        return list(value.chunk(parts, dim=0))
+
+    fields = {key: split(value) for key, value in encoded.output.items()}
+    layer_cls = {index: split(value) for index, value in encoded.layer_cls.items()}
+    fused, contrast = split(encoded.fused), split(encoded.contrast_input)
+    return [_Encoded(output=ArtStyleModelOutput(**{key: value[i] for key, value in fields.items()}),
+                     layer_cls={index: value[i] for index, value in layer_cls.items()}, fused=fused[i],
+                     contrast_input=contrast[i]) for i in range(parts)]
+
+
 # ---------------------------------------------------------------------------------------------- base class
 class ArtStylePreTrainedModel(PreTrainedModel):
     config_class = ArtStyleConfig
@@ -325,9 +343,10 @@ class _GatheredKeys:
 class ArtStyleForPretraining(ArtStylePreTrainedModel):
     """Self-supervised pretraining of [`ArtStyleModel`] (docs/method.md): student, momentum teacher, heads, queue.
 
-    ``forward(pixel_values, pixel_values_2, momentum)``: optional EMA update of the teacher, ONE backbone pass per
-    view for the student and one for the teacher (no grad), every enabled loss computed symmetrically, then (training
-    mode) the gathered teacher keys of the second view are enqueued. Losses are float32 whatever the autocast dtype.
+    ``forward(pixel_values, pixel_values_2, momentum)``: optional EMA update of the teacher, ONE backbone pass over
+    both views (concatenated) for the student and one for the teacher (no grad), the heads per view, every enabled
+    loss computed symmetrically, then (training mode) the gathered teacher keys of the second view are enqueued.
+    Losses are float32 whatever the autocast dtype.
 
     The components (docs/method.md) are wired here; their parameters sit at the attribute paths of the checkpoint
     format: ``artstyle.fusion`` / ``artstyle.gram`` (in the encoder), ``projector`` + ``predictor`` (MoCo v3 heads),
@@ -410,11 +429,21 @@ class ArtStyleForPretraining(ArtStylePreTrainedModel):
         return self
 
     # -------------------------------------------------------------------------------------------- per view
-    def _view(self, pixel_values: torch.Tensor, *, teacher: bool) -> _View:
+    def _encode_views(self, views: tuple[torch.Tensor, ...], *, teacher: bool) -> list[_Encoded]:
+        """The student's (or teacher's) encoder on every view in ONE backbone pass: the views are concatenated along
+        the batch, encoded, and split again. Everything in `ArtStyleModel.encode` is per-sample (ViT blocks,
+        LayerNorms, fusion attention across one image's layers, Gram matrices), so this equals one pass per view up
+        to float rounding, with half the kernel launches, which is what bounds a small model's step. The MoCo heads
+        (BatchNorm: statistics per view, as in MoCo v3) run per view in `_view`."""
+        encoder = self.teacher["artstyle"] if teacher else self.artstyle
+        extra = tuple(self.distill_layers) if not teacher and self.distill_projector is not None else ()
+        if len(views) == 1:
+            return [encoder.encode(views[0], extra_layers=extra)]
+        return _split_encoded(encoder.encode(torch.cat(views), extra_layers=extra), len(views))
+
+    def _view(self, encoded: _Encoded, *, teacher: bool) -> _View:
         config = self.config
         distill = not teacher and self.distill_projector is not None
-        encoder = self.teacher["artstyle"] if teacher else self.artstyle
-        encoded = encoder.encode(pixel_values, extra_layers=tuple(self.distill_layers) if distill else ())
         view = _View(output=encoded.output)
         if config.weight_contrastive > 0 or (teacher and config.weight_distill > 0):
             z = (self.teacher["projector"] if teacher else self.projector)(encoded.contrast_input)
@@ -432,12 +461,16 @@ class ArtStyleForPretraining(ArtStylePreTrainedModel):
                 return_dict: bool | None = None, **kwargs) -> ArtStylePretrainingOutput:
         if pixel_values_2 is None:
             raise ValueError("ArtStyleForPretraining needs two views: `pixel_values` and `pixel_values_2`")
+        if pixel_values.shape != pixel_values_2.shape:
+            raise ValueError("`pixel_values` and `pixel_values_2` must have the same shape (both views are encoded in "
+                             f"one pass), got {tuple(pixel_values.shape)} and {tuple(pixel_values_2.shape)}")
         if momentum is not None and self.training:
             self.update_teacher(momentum)
         config = self.config
-        students = [self._view(v, teacher=False) for v in (pixel_values, pixel_values_2)]
+        views = (pixel_values, pixel_values_2)
+        students = [self._view(e, teacher=False) for e in self._encode_views(views, teacher=False)]
         with torch.no_grad():
-            teachers = [self._view(v, teacher=True) for v in (pixel_values, pixel_values_2)]
+            teachers = [self._view(e, teacher=True) for e in self._encode_views(views, teacher=True)]
         # the teacher keys of each view, gathered over processes (in-batch negatives, distillation targets)
         gathered = [_GatheredKeys(*gather_from_all(t.key)) if t.key is not None else _GatheredKeys() for t in teachers]
         pairs = [(students[0], teachers[1], gathered[1]), (students[1], teachers[0], gathered[0])]  # cross-view

@@ -376,7 +376,7 @@ def finetune_accuracy(encoder, splits: dict, num_classes: int, args: argparse.Na
                               batch_size=args.finetune_batch_size, num_workers=args.num_workers,
                               collate_fn=collate_skip_bad)
     groups = layer_decay_param_groups(model, args.finetune_weight_decay, args.finetune_layer_decay)
-    optimizer = torch.optim.AdamW(groups, lr=args.finetune_lr)
+    optimizer = torch.optim.AdamW(groups, lr=args.finetune_lr, fused=True)
     total = args.finetune_epochs * len(train_loader)
     warmup = min(len(train_loader), total - 1)
     step, start = 0, time.perf_counter()

@@ -78,6 +78,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache", action="store_true", help="gpu path: serve a decoded uint8 cache (no decoding).")
     parser.add_argument("--batches", type=int, default=20, help="Measured batches of the data path alone.")
     parser.add_argument("--train_steps", type=int, default=20, help="Measured training steps per path.")
+    parser.add_argument("--profile", default=None,
+                        help="Write a torch.profiler table of --profile_steps training steps of the gpu path (else the "
+                             "last path) here "
+                             "(text): host time by operation, the data/forward/backward/optimizer split, kernel "
+                             "launches and synchronisations per step.")
+    parser.add_argument("--profile_steps", type=int, default=5, help="Steps profiled with --profile.")
     args = parser.parse_args(argv)
     check_common_arguments(parser, args, min_batch=2)
     args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
@@ -177,19 +183,26 @@ def data_alone(batches: Batches, args) -> float:
     return args.batches * args.batch_size / (time.perf_counter() - start)
 
 
-def training_loop(batches: Batches, config: ArtStyleConfig, args) -> tuple[float, float, float]:
-    """(steps/s, data-wait fraction, augmentation-call fraction) of a pretraining loop fed by ``batches``."""
+def training_loop(batches: Batches, config: ArtStyleConfig, args,
+                  profile_path: str | None = None) -> tuple[float, float, float, dict | None]:
+    """(steps/s, data-wait fraction, augmentation-call fraction, the `write_profile` summary or None) of a
+    pretraining loop fed by ``batches``."""
     model = ArtStyleForPretraining(config).to(args.device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=True)
+
+    record = torch.profiler.record_function  # labels for --profile (no cost without a profiler)
 
     def step() -> None:
-        batch = batches.next()
-        with autocast_context(args.device, args.precision):
+        with record("step/data+augment"):
+            batch = batches.next()
+        with record("step/forward"), autocast_context(args.device, args.precision):
             loss = model(pixel_values=batch["pixel_values"], pixel_values_2=batch["pixel_values_2"],
                          momentum=0.99).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        with record("step/backward"):
+            loss.backward()
+        with record("step/optimizer"):
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss).item():  # the loss check of run_pretrain.py: one sync per step
             raise FloatingPointError("non-finite loss in the benchmark loop")
 
@@ -202,7 +215,40 @@ def training_loop(batches: Batches, config: ArtStyleConfig, args) -> tuple[float
         step()
     synchronize(args.device)
     elapsed = time.perf_counter() - start
-    return args.train_steps / elapsed, batches.wait / elapsed, batches.augment_time / elapsed
+    timed = args.train_steps / elapsed, batches.wait / elapsed, batches.augment_time / elapsed  # before profiling
+    return *timed, write_profile(step, args, profile_path) if profile_path else None
+
+
+LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
+
+
+def write_profile(step, args, path: str) -> dict:
+    """Profile ``--profile_steps`` steps; write the per-step summary and the top operations by host time to ``path``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if str(args.device).startswith("cuda") else [])
+    with profile(activities=activities) as prof:
+        for _ in range(args.profile_steps):
+            step()
+        synchronize(args.device)
+    events = prof.key_averages()
+    steps = args.profile_steps
+    by_key = {event.key: event for event in events}
+    summary = {
+        "steps": steps,
+        "phase_host_ms_per_step": {name: by_key[name].cpu_time_total / 1e3 / steps
+                                   for name in ("step/data+augment", "step/forward", "step/backward", "step/optimizer")
+                                   if name in by_key},
+        "kernel_launches_per_step": sum(by_key[k].count for k in LAUNCHES if k in by_key) / steps,
+        "synchronisations_per_step": sum(e.count for e in events if "Synchronize" in e.key) / steps,
+        "aten_ops_per_step": sum(e.count for e in events if e.key.startswith("aten::")) / steps,
+    }
+    lines = [f"# bench_data.py --profile: {steps} training steps, device {args.device}, batch {args.batch_size}, "
+             f"precision {args.precision}", "# per step: " + json.dumps(summary), "",
+             events.table(sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=70)]
+    Path(path).write_text("\n".join(lines) + "\n")
+    print(f"# profile: {json.dumps(summary)} -> {path}", flush=True)
+    return summary
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -219,9 +265,13 @@ def main(argv: list[str] | None = None) -> dict:
         for path in args.paths:
             images_per_s = data_alone(Batches(path, split, config, args, Path(folder) / "cache"), args)
             batches = Batches(path, split, config, args, Path(folder) / "cache")
-            steps_per_s, wait, augment = training_loop(batches, config, args)
+            profiled = "gpu" if "gpu" in args.paths else args.paths[-1]  # --profile: the GPU path when run
+            steps_per_s, wait, augment, profile = training_loop(batches, config, args,
+                                                                args.profile if path == profiled else None)
             results[path] = {"images_per_s": images_per_s, "steps_per_s": steps_per_s, "data_wait_fraction": wait,
                              "augment_call_fraction": augment}
+            if profile is not None:
+                results[path]["profile"] = profile
             print(f"{path:<4} data alone {images_per_s:9.1f} images/s | training loop {steps_per_s:7.2f} steps/s "
                   f"({steps_per_s * args.batch_size:8.1f} images/s), waiting for data {100 * wait:5.1f} % of the time, "
                   f"copy{' + augmentation call' if path == 'gpu' else ''} {100 * augment:5.1f} %", flush=True)

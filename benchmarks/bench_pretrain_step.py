@@ -6,7 +6,8 @@ Three settings are timed in ONE process, on the same input, with the measurement
 so that machine noise (other processes, thermal, turbo) hits them alike:
 
   (a) floor    — the bare timm ViT (``artstyle.modeling_artstyle.build_backbone(config)``): student forward+backward on
-                 two views, a frozen copy (the teacher) forward on two views under ``no_grad``, AdamW step.
+                 the two views concatenated (one pass), a frozen copy (the teacher) forward on both under ``no_grad``,
+                 AdamW step (fused).
                  A trivial symmetric dot-product loss joins the two student outputs; no heads, no EMA, no queue.
   (b) baseline — ``ArtStyleForPretraining(config.moco_v3_baseline())``: forward(x1, x2, momentum=0.99) (teacher EMA
                  inside) + backward + AdamW step.
@@ -21,6 +22,10 @@ compiled graph; the optimizer step stays eager), interleaved with the eager ones
 modes and ``compile_speedup`` = eager full step / compiled full step. ``--compile_mode`` picks torch.compile's mode
 (``reduce-overhead`` = CUDA graphs). The per-layer heads need no change for compiling: ``artstyle.heads.PerLayerMLP``
 already runs all layers' MLPs as two batched ``baddbmm`` calls.
+
+Every eager setting also reports ``kernel_ops``: the ATen operations one step dispatches to the device, views and
+metadata excluded (`count_kernel_ops`). A small model's step is bound by launching these (issue 11), and the count is
+the same on CPU and GPU, so it is measurable here.
 
 ``--peak_tflops P`` counts the floor's FLOPs (``torch.utils.flop_counter``, forward + backward) and reports
 ``floor_peak_fraction`` = floor FLOPs / floor median time / P (e.g. 989 for an H100/H200's dense bf16 peak).
@@ -117,6 +122,7 @@ class Setting:
     activation_bytes: int | None = None
     state_bytes: int | None = None
     backbone_passes: dict[str, int] | None = None
+    kernel_ops: int | None = None  # operations dispatched to the device per step (what launches kernels), see below
     flops: int | None = None
     module_names: tuple[str, ...] = ()
     compiled: bool = False
@@ -153,7 +159,7 @@ class Setting:
 
 def make_optimizer(modules: list[torch.nn.Module]) -> torch.optim.Optimizer:
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05)
+    return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05, fused=True)  # as run_pretrain.py's
 
 
 def make_scaler(device: str, precision: str):
@@ -172,7 +178,7 @@ def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scal
 
 
 def floor_setting(config: ArtStyleConfig, views, args, compiled: bool = False) -> Setting:
-    """(a) bare timm ViT: 2 student forward+backward, 2 teacher forward (no_grad), AdamW."""
+    """(a) bare timm ViT: student forward+backward and teacher forward (no_grad), each on both views at once, AdamW."""
     student = build_backbone(config).to(args.device).train()
     teacher = build_backbone(config).to(args.device).eval()
     teacher.load_state_dict(student.state_dict())
@@ -186,9 +192,10 @@ def floor_setting(config: ArtStyleConfig, views, args, compiled: bool = False) -
 
     def step() -> None:
         with autocast_context(args.device, args.precision):
-            s1, s2 = student(x1), student(x2)
+            # both views in one pass per network, as ArtStyleForPretraining does (the floor is the cheapest way)
+            s1, s2 = student(torch.cat([x1, x2])).chunk(2)
             with torch.no_grad():
-                t1, t2 = teacher(x1), teacher(x2)
+                t1, t2 = teacher(torch.cat([x1, x2])).chunk(2)
             # the cheapest symmetric loss that makes every student output reach the backward
             loss = -((s1.float() * t2.float()).sum(-1).mean() + (s2.float() * t1.float()).sum(-1).mean()) / 2
         backward_and_step(loss, optimizer, scaler)
@@ -296,6 +303,33 @@ def count_backbone_passes(setting: Setting) -> dict[str, int]:
     return counts
 
 
+# ATen operations that launch no kernel: views, metadata, allocation, the optimizer's host-side scalar reads
+NO_KERNEL_OPS = frozenset({
+    "view", "_unsafe_view", "as_strided", "transpose", "t", "expand", "unsqueeze", "squeeze", "permute", "slice",
+    "select", "unbind", "split", "split_with_sizes", "alias", "detach", "reshape", "_reshape_alias", "chunk", "narrow",
+    "diagonal", "unflatten", "flatten", "view_as", "lift_fresh", "resolve_conj", "resolve_neg", "empty",
+    "empty_strided", "empty_like", "_local_scalar_dense", "_record_function_enter_new", "_record_function_exit"})
+
+
+def count_kernel_ops(setting: Setting) -> int:
+    """ATen operations one step dispatches to the device, views and metadata excluded (``NO_KERNEL_OPS``): forward,
+    backward and optimizer. A small model's step is bound by launching these, not by arithmetic (issue 11), so this
+    count, which is the same on CPU and GPU for eager code, is what a change must lower to speed such a step up."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counter(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ not in NO_KERNEL_OPS:
+                Counter.count += 1
+            return func(*args, **(kwargs or {}))
+
+    with Counter():
+        setting.step()
+    return Counter.count
+
+
 # ---------------------------------------------------------------------------------------------- report
 def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
     """Median over rounds of ``numerator[i] / denominator[i]`` (the two were measured back to back)."""
@@ -348,6 +382,7 @@ def main(argv: list[str] | None = None) -> dict:
         if setting.compiled:
             continue
         setting.backbone_passes = count_backbone_passes(setting)
+        setting.kernel_ops = count_kernel_ops(setting)
         if args.flops or (args.peak_tflops and setting.name == "floor"):
             setting.flops = count_flops(setting)
         measure_memory(setting, settings, args.device)
@@ -361,19 +396,19 @@ def main(argv: list[str] | None = None) -> dict:
     baseline_time = statistics.median(by_name["baseline"].times)
     memory_key = "peak_bytes" if args.device == "cuda" else "model_bytes"
     print(f"{'setting':<12} {'median_s':>9} {'min_s':>8} {'max_s':>8} {'vs_floor':>9} {'vs_base':>8} "
-          f"{'mem_MiB':>9} {'act_MiB':>8} {'state_MiB':>9}  backbone passes/step")
+          f"{'mem_MiB':>9} {'act_MiB':>8} {'state_MiB':>9} {'ops/step':>8}  backbone passes/step")
     results = {}
     floor_time = statistics.median(by_name["floor"].times)
     for s in settings:
         median = statistics.median(s.times)
         memory = getattr(s, memory_key)
         print(f"{s.name:<12} {median:9.4f} {min(s.times):8.4f} {max(s.times):8.4f} {median / floor_time:9.3f} "
-              f"{median / baseline_time:8.3f} {mib(memory):>9} {mib(s.activation_bytes):>8} {mib(s.state_bytes):>9}  "
-              f"{s.backbone_passes}")
+              f"{median / baseline_time:8.3f} {mib(memory):>9} {mib(s.activation_bytes):>8} {mib(s.state_bytes):>9} "
+              f"{s.kernel_ops if s.kernel_ops is not None else '-':>8}  {s.backbone_passes}")
         results[s.name] = {"median_s": median, "times_s": s.times, "memory_bytes": memory,
                            "saved_activation_bytes": s.activation_bytes, "state_bytes": s.state_bytes,
                            "cuda_peak_bytes": s.peak_bytes, "model_bytes": s.model_bytes,
-                           "backbone_passes": s.backbone_passes}
+                           "backbone_passes": s.backbone_passes, "kernel_ops": s.kernel_ops}
     if args.flops:
         base_flops = by_name["baseline"].flops
         print("# FLOPs per step (torch.utils.flop_counter; matmul/conv/attention only, forward + backward):")

@@ -152,7 +152,7 @@ else
   sizes=("${DATA_FULL[@]}"); [[ "$tier" == lite ]] && sizes=("${DATA_LITE[@]}")
   echo "bench_data: $tier size" | tee -a "$LOG_DIR/summary.txt"
   step bench_data "$limit" "$PY" benchmarks/bench_data.py "${DATA_COMMON[@]}" "${sizes[@]}" \
-    --json "$LOG_DIR/bench_data.json"
+    --json "$LOG_DIR/bench_data.json" --profile "$LOG_DIR/bench_data_profile.txt"
 fi
 
 # --- 3. pretraining step at paper scale (floor / MoCo v3 baseline / full method), eager: the ratios even when the

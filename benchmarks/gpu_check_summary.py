@@ -62,6 +62,9 @@ def summarise(log_dir: str | Path, device: str | None = None) -> dict:
         "tiny_cpu_path_data_wait_fraction": cpu_path.get("data_wait_fraction"),
         "model_images_per_s": inference.get("model_images_per_s"),
         "inference_ratio": inference.get("inference_ratio"),
+        # where the tiny step's host time goes (bench_data.py --profile) and what each setting launches per step
+        "tiny_profile": gpu_path.get("profile"),
+        "kernel_ops_per_step": {name: result.get("kernel_ops") for name, result in step.get("results", {}).items()},
     }
     summary["missing"] = [key for key in REQUIRED if summary[key] is None]
     return summary

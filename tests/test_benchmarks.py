@@ -42,13 +42,33 @@ def test_pretrain_step_last_line_matches_returned_ratios(capsys):
     assert match, line
     for value, key in zip(match.groups(), ("floor_ratio", "full_ratio", "memory_ratio")):
         assert float(value) == pytest.approx(out["ratios"][key], abs=5e-4)
-    # one backbone pass per view and encoder, in every setting
+    # one backbone pass per encoder (both views at once), in every setting
     for name in ("floor", "baseline", "full"):
-        passes = out["results"][name]["backbone_passes"]  # {student path: 2, teacher path: 2}
-        assert sorted(passes.values()) == [2, 2] and len(passes) == 2, (name, passes)
+        passes = out["results"][name]["backbone_passes"]  # {student path: 1, teacher path: 1}
+        assert sorted(passes.values()) == [1, 1] and len(passes) == 2, (name, passes)
         assert len(out["results"][name]["times_s"]) == 2
     # the full method holds strictly more state (heads, fusion, Gram) than the baseline
     assert out["ratios"]["memory_ratio"] > 1.0
+    # kernel-launching operations per step: the heads and the components add to the bare ViT's, in that order
+    ops = [out["results"][name]["kernel_ops"] for name in ("floor", "baseline", "full")]
+    assert 0 < ops[0] < ops[1] < ops[2], ops
+
+
+def test_kernel_ops_count_what_launches_kernels_not_views():
+    bench = load_script("bench_pretrain_step")
+    x, weight = torch.randn(4, 3), torch.randn(3, 2, requires_grad=True)
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+
+    def step():  # forward: mm, relu, sum (3); the views are free; backward: ...; optimizer: ...
+        loss = torch.relu(x.view(2, 6).view(4, 3).t().t() @ weight).sum()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    setting = bench.Setting("toy", [], optimizer, step)
+    forward_only = bench.Setting("toy", [], optimizer, lambda: torch.relu(x.t().t() @ weight.detach()).sum())
+    assert bench.count_kernel_ops(forward_only) == 3  # mm, relu, sum: the transposes launch nothing
+    assert bench.count_kernel_ops(setting) > 3  # + the backward and the optimizer's update
 
 
 def test_inference_last_line(capsys):
@@ -113,6 +133,26 @@ def test_data_benchmark_last_line_and_results(capsys):
         assert 0.0 < wait and 0.0 < augment and wait + augment < 1.0  # parts of the wall time, not more
 
 
+def test_data_benchmark_profile_splits_the_step_and_counts_its_operations(tmp_path, capsys):
+    bench = load_script("bench_data")
+    profile = tmp_path / "profile.txt"
+    out = bench.main(["--batch_size", "2", "--num_images", "4", "--source_image_size", "20", "--batches", "1",
+                      "--train_steps", "1", "--warmup", "1", "--num_workers", "0", "--config_overrides", TINY,
+                      "--paths", "gpu", "--profile", str(profile), "--profile_steps", "2"])
+    # the profiled steps come after the timed ones and do not leak into their fractions
+    assert 0.0 < out["gpu"]["data_wait_fraction"] + out["gpu"]["augment_call_fraction"] < 1.0
+    text = profile.read_text()
+    summary = json.loads(text.splitlines()[1].removeprefix("# per step: "))
+    assert summary["steps"] == 2
+    phases = summary["phase_host_ms_per_step"]
+    assert set(phases) == {"step/data+augment", "step/forward", "step/backward", "step/optimizer"}
+    assert all(ms > 0 for ms in phases.values())
+    # a training step dispatches hundreds of ATen operations; on CPU nothing is launched or synchronised
+    assert summary["aten_ops_per_step"] > 100
+    assert summary["kernel_launches_per_step"] == 0 and summary["synchronisations_per_step"] == 0
+    assert "step/forward" in text and "aten::" in text  # the table itself
+
+
 def test_data_benchmark_cached_gpu_path_only(capsys):
     bench = load_script("bench_data")
     out = bench.main(["--batch_size", "2", "--num_images", "4", "--source_image_size", "20", "--batches", "1",
@@ -134,18 +174,21 @@ def test_inference_predict_cli_throughput(capsys):
 def test_gpu_check_summary_maps_the_benchmark_results(tmp_path):
     summary = load_script("gpu_check_summary")
     (tmp_path / "bench_data.json").write_text(json.dumps({"results": {
-        "gpu": {"images_per_s": 9000.0, "steps_per_s": 45.0, "data_wait_fraction": 0.04},
+        "gpu": {"images_per_s": 9000.0, "steps_per_s": 45.0, "data_wait_fraction": 0.04,
+                "profile": {"steps": 5, "kernel_launches_per_step": 900.0}},
         "cpu": {"images_per_s": 1000.0, "steps_per_s": 7.5, "data_wait_fraction": 0.8}}}))
     (tmp_path / "bench_pretrain_step.json").write_text(json.dumps({
         "args": {"peak_tflops": 989.0}, "ratios": {"floor_ratio": 1.12, "full_ratio": 1.19, "memory_ratio": 1.06},
         "compiled_ratios": {"floor_ratio": 1.04, "full_ratio": 1.08}, "compile_speedup": 1.4,
-        "floor_peak_fraction": 0.33, "results": {"floor": {"median_s": 0.07}}}))
+        "floor_peak_fraction": 0.33, "results": {"floor": {"median_s": 0.07, "kernel_ops": 514}}}))
     result = summary.summarise(tmp_path, device="NVIDIA H100")
     assert result["missing"] == ["pipeline_images_per_s", "predict_images_per_s"]  # no bench_inference.json
     assert (result["tiny_steps_per_s"], result["tiny_data_wait_fraction"]) == (45.0, 0.04)
     assert (result["floor_ratio"], result["full_ratio"], result["floor_ratio_eager"]) == (1.04, 1.08, 1.12)
     assert (result["compile_speedup"], result["floor_peak_fraction"], result["device"]) == (1.4, 0.33, "NVIDIA H100")
     assert result["tiny_cpu_path_steps_per_s"] == 7.5 and result["step_median_s"] == {"floor": 0.07}
+    assert result["tiny_profile"]["kernel_launches_per_step"] == 900.0
+    assert result["kernel_ops_per_step"] == {"floor": 514}
     (tmp_path / "bench_inference.json").write_text(json.dumps({"pipeline_images_per_s": 2500.0,
                                                                "predict_images_per_s": 1600.0}))
     assert summary.main([str(tmp_path)]) == 0

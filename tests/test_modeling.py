@@ -27,13 +27,17 @@ def _count_block_calls(blocks):
 
 
 @pytest.mark.parametrize("overrides", [{}, {"pooler": "fused_style", "soft_mode": "ascl"}, {"queue_size": 0}])
-def test_backbone_runs_once_per_view_for_student_and_teacher(overrides):
+def test_backbone_runs_once_over_both_views_for_student_and_teacher(overrides):
     model = ArtStyleForPretraining(tiny_config(backbone_depth=3, **overrides))
     student = _count_block_calls(model.artstyle.backbone.blocks)
     teacher = _count_block_calls(model.teacher["artstyle"].backbone.blocks)
-    out = model(*_views(), momentum=0.99)
+    rows = []
+    model.artstyle.backbone.patch_embed.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
+    x1, x2 = _views()
+    out = model(x1, x2, momentum=0.99)
     out.loss.backward()
-    assert student == [2, 2, 2] and teacher == [2, 2, 2]
+    assert student == [1, 1, 1] and teacher == [1, 1, 1]  # one pass per encoder and step ...
+    assert rows == [2 * x1.shape[0]]  # ... over both views at once
     assert all(getattr(out, f"loss_{n}").item() > 0 for n in ("contrastive", "layerwise", "distill", "gram"))
     expected = sum(getattr(model.config, f"weight_{n}") * getattr(out, f"loss_{n}")
                    for n in ("contrastive", "layerwise", "distill", "gram"))
@@ -271,3 +275,10 @@ def test_classifier_trainable_parameters_all_receive_gradients(pooler):
     model = ArtStyleForImageClassification(tiny_config(num_labels=2, pooler=pooler))
     model(_views()[0], labels=torch.tensor([0, 1, 1, 0])).loss.backward()
     assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
+def test_views_of_different_shapes_are_refused_by_name():
+    model = ArtStyleForPretraining(tiny_config(backbone_depth=1))
+    x1, x2 = _views()
+    with pytest.raises(ValueError, match=r"`pixel_values` and `pixel_values_2` must have the same shape.*\(4, 3"):
+        model(x1, x2[:3], momentum=0.99)
