@@ -1,4 +1,4 @@
-"""Model behaviour: one backbone pass per view, queue, teacher, switches, heads, classification losses."""
+"""Model behaviour: one backbone pass over both views, queue, teacher, switches, heads, classification losses."""
 
 import numpy as np
 import pytest
