@@ -70,16 +70,17 @@ def enqueue_keys(queue: torch.Tensor, queue_ptr: torch.Tensor, keys: torch.Tenso
 
     Slot of key ``j``: ``(ptr + j) mod K``; the pointer advances to ``(ptr + n) mod K``. Any ``n`` (no divisibility
     assumption); ``n > K`` keeps the last ``K`` keys, written as if all ``n`` had been enqueued one by one.
+    The pointer stays on the device (no read into Python: no synchronisation per step on a GPU).
     """
     size = queue.shape[0]
     count = keys.shape[0]
-    pointer = int(queue_ptr)
+    pointer = queue_ptr.to(keys.device)
     if count > size:
-        pointer = (pointer + count - size) % size
+        pointer = (pointer + (count - size)) % size
         keys, count = keys[-size:], size
     index = (pointer + torch.arange(count, device=keys.device)) % size
-    queue.index_copy_(0, index, keys.to(queue.dtype))
-    queue_ptr.fill_((pointer + count) % size)
+    queue.index_copy_(0, index.to(queue.device), keys.to(queue.dtype))
+    queue_ptr.copy_((pointer + count) % size)
 
 
 class KeyQueue(nn.Module):

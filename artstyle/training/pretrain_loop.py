@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,7 +58,7 @@ class PretrainLoop:
         state = self.state
         self.progress = tqdm(range(self.total_steps), initial=state.step, desc="pretraining",
                              disable=not self.accelerator.is_local_main_process)
-        self._sums = torch.zeros(len(LOSS_TERMS), device=self.accelerator.device)
+        self._sums = [0.0] * len(LOSS_TERMS)  # host floats: the losses are read once per micro-batch anyway
         self._micro = 0
         self._window_images, self._window_start = 0, time.perf_counter()
         self.model.train()
@@ -88,8 +89,12 @@ class PretrainLoop:
 
     def count_skipped(self, batch: dict | None) -> bool:
         """Add the undecodable images of all processes to the count (one collective); True when some
-        process got an all-bad batch, which every process then drops so collectives stay in step."""
+        process got an all-bad batch, which every process then drops so collectives stay in step.
+        One process: no collective and no device round trip (a synchronisation per step on a GPU)."""
         skipped = self.train_args.per_device_train_batch_size if batch is None else batch["num_skipped"]
+        if self.accelerator.num_processes == 1:
+            self.state.skipped_images += int(skipped)
+            return batch is None
         flags = torch.tensor([skipped, batch is None], dtype=torch.float64, device=self.accelerator.device)
         flags = self.accelerator.reduce(flags, "sum")
         self.state.skipped_images += int(flags[0].item())
@@ -112,11 +117,12 @@ class PretrainLoop:
                 momentum=self.values["momentum"] if first else None,  # one EMA update per optimisation step
             )
             terms = torch.stack([getattr(outputs, name).detach().float() for name in LOSS_TERMS])
-            terms = accelerator.reduce(terms, "mean")
-            if not torch.isfinite(terms).all():
+            # ONE synchronisation per micro-batch: the finiteness check and the logged losses read the same values
+            values = accelerator.reduce(terms, "mean").tolist()
+            if not all(math.isfinite(value) for value in values):
                 raise FloatingPointError(
                     f"Non-finite loss at step {state.step + 1} (epoch {state.epoch}): "
-                    + ", ".join(f"{n}={v:.4g}" for n, v in zip(LOSS_TERMS, terms.tolist()))
+                    + ", ".join(f"{n}={v:.4g}" for n, v in zip(LOSS_TERMS, values))
                     + f". Training stopped; the last good checkpoint is {latest_checkpoint(self.checkpoint_dir)}."
                 )
             accelerator.backward(outputs.loss)
@@ -124,7 +130,7 @@ class PretrainLoop:
                 accelerator.clip_grad_norm_(self.model.parameters(), self.train_args.max_grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        self._sums += terms
+        self._sums = [total + value for total, value in zip(self._sums, values)]
         self._micro += 1
         images = int(batch["pixel_values"].shape[0]) * accelerator.num_processes
         self._window_images += images
@@ -134,8 +140,8 @@ class PretrainLoop:
         """After an optimisation step: progress, logging, kNN monitor, checkpoint."""
         state, train_args = self.state, self.train_args
         state.step += 1
-        self.last_losses = {name: value / self._micro for name, value in zip(LOSS_TERMS, self._sums.tolist())}
-        self._sums.zero_()
+        self.last_losses = {name: value / self._micro for name, value in zip(LOSS_TERMS, self._sums)}
+        self._sums = [0.0] * len(LOSS_TERMS)
         self._micro = 0
         self.progress.update(1)
         self.progress.set_postfix(loss=f"{self.last_losses['loss']:.4f}")
