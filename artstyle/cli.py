@@ -23,7 +23,15 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 from transformers.utils import logging as hf_logging
 
 from artstyle.plots import plot_contact_sheet
-from artstyle.search import StyleEmbedder, build_index, default_device, list_images, load_image, load_index
+from artstyle.search import (
+    StyleEmbedder,
+    build_index,
+    default_device,
+    list_images,
+    load_image,
+    load_index,
+    resolve_num_workers,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +68,19 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())
 
 
+def _workers(value: str) -> int | str:
+    """``--dataloader_num_workers``: ``auto`` or an integer >= 0 (argparse type)."""
+    if value == "auto":
+        return value
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or an integer >= 0, got {value!r}")
+    return number
+
+
 def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(
         format="%(levelname)s %(name)s: %(message)s", level=logging.INFO if verbose else logging.WARNING
@@ -91,8 +112,9 @@ def build_predict_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--top_k", type=int, default=5, help="styles shown per image (default: %(default)s)")
     parser.add_argument("--batch_size", type=int, default=16, help="images per forward pass (default: %(default)s)")
-    parser.add_argument("--dataloader_num_workers", type=int, default=0,
-                        help="processes decoding images in parallel (default: %(default)s)")
+    parser.add_argument("--dataloader_num_workers", type=_workers, default="auto",
+                        help="processes decoding images in parallel; auto: none for up to two batches of images, "
+                             "else min(8, CPU cores - 1) (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--device", default=None, help="torch device (default: accelerator if available, else cpu)")
     parser.add_argument("--verbose", action="store_true", help="log progress")
@@ -121,20 +143,24 @@ def _keep_items(items: list) -> list:
 
 def predict(
     sources: Sequence[str], model: str, top_k: int = 5, batch_size: int = 16, device: str | None = None,
-    num_workers: int = 0,
+    num_workers: int | str = "auto",
 ) -> tuple[list[dict], list[dict]]:
     """Classify ``sources`` (paths or URLs) -> ``(results, errors)``.
 
-    Images are decoded by a DataLoader (``num_workers`` processes) into uint8 tensors and preprocessed in
+    Images are decoded by a DataLoader (``num_workers`` processes; ``"auto"``: `artstyle.search.resolve_num_workers`)
+    into uint8 tensors and preprocessed in
     batches by the model's fast image processor on the model's device. Scores are those of
     ``pipeline("image-classification")``: softmax (sigmoid for multi-label models) of the logits.
     ``results``: ``[{"path", "predictions": [{"label", "score"}, ...]}]`` in input order;
     ``errors``: ``[{"path", "error"}]`` for inputs that could not be read.
     """
-    for name, value, low in (("--top_k", top_k, 1), ("--batch_size", batch_size, 1),
-                             ("--dataloader_num_workers", num_workers, 0)):
+    for name, value, low in (("--top_k", top_k, 1), ("--batch_size", batch_size, 1)):
         if value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
+    try:
+        num_workers = resolve_num_workers(num_workers, len(sources), batch_size)
+    except ValueError as err:
+        raise ValueError(f"--dataloader_num_workers: {err}") from None
     device = torch.device(device) if device else default_device()
     classifier = AutoModelForImageClassification.from_pretrained(model).to(device).eval()
     processor = AutoImageProcessor.from_pretrained(model, use_fast=True)
@@ -226,8 +252,9 @@ def build_similar_parser() -> argparse.ArgumentParser:
     parser.add_argument("--contact_sheet", default=None, help="write a PNG of the query and its neighbours here")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--device", default=None, help="torch device (default: accelerator if available, else cpu)")
-    parser.add_argument("--dataloader_num_workers", type=int, default=0,
-                        help="processes decoding the collection's images (default: %(default)s)")
+    parser.add_argument("--dataloader_num_workers", type=_workers, default="auto",
+                        help="processes decoding the collection's images; auto: none for up to two batches of new "
+                             "or changed images, else min(8, CPU cores - 1) (default: %(default)s)")
     parser.add_argument("--save_every", type=int, default=20,
                         help="save indexing progress every N batches, so a killed run resumes (default: %(default)s)")
     parser.add_argument("--verbose", action="store_true", help="log progress")

@@ -101,3 +101,40 @@ def test_predict_matches_the_pipeline_with_workers(classifier_dir, images):
     for result, reference in zip(results, expected):
         assert [p["label"] for p in result["predictions"]] == [p["label"] for p in reference]
         assert [p["score"] for p in result["predictions"]] == pytest.approx([p["score"] for p in reference], abs=1e-5)
+
+
+def test_auto_workers_decode_in_this_process_for_few_images_and_in_parallel_for_many(monkeypatch):
+    from artstyle import search
+
+    monkeypatch.setattr(search.os, "cpu_count", lambda: 16)
+    assert search.resolve_num_workers("auto", 32, 16) == 0  # two batches: starting workers costs more
+    assert search.resolve_num_workers(None, 33, 16) == 8  # capped at 8
+    monkeypatch.setattr(search.os, "cpu_count", lambda: 4)
+    assert search.resolve_num_workers("auto", 2000, 128) == 3  # one core left to the main process
+    monkeypatch.setattr(search.os, "cpu_count", lambda: None)
+    assert search.resolve_num_workers("auto", 2000, 128) == 1
+    assert search.resolve_num_workers(5, 10, 16) == 5 and search.resolve_num_workers("0", 2000, 1) == 0
+    for bad in (-1, "x", 1.5j):
+        with pytest.raises(ValueError, match="num_workers must be"):
+            search.resolve_num_workers(bad, 10, 2)
+
+
+def test_predict_defaults_to_auto_workers(classifier_dir, images, monkeypatch):
+    """Without --dataloader_num_workers, enough images are decoded by workers (the default is ``auto``)."""
+    import artstyle.cli as cli
+
+    created = []
+    real_loader = cli.DataLoader
+
+    def spy(*args, **kwargs):
+        created.append(kwargs["num_workers"])
+        return real_loader(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "DataLoader", spy)
+    monkeypatch.setattr(cli.resolve_num_workers.__globals__["os"], "cpu_count", lambda: 3)
+    sources = [str(images / name) for name in ("a.png", "c.png", "sub/b.jpg")]
+    assert cli.build_predict_parser().parse_args(sources).dataloader_num_workers == "auto"
+    results, _ = cli.predict(sources, str(classifier_dir), top_k=1, batch_size=1, device="cpu")
+    assert created == [2] and len(results) == 3  # 3 images > 2 batches of 1: min(8, 3 - 1) workers
+    cli.predict(sources, str(classifier_dir), top_k=1, batch_size=2, device="cpu")
+    assert created[-1] == 0  # 3 images fit in two batches of 2: decoded here

@@ -82,6 +82,9 @@ PREDICT_CASES = [
     (["--top_k", "0"], "--top_k must be >= 1, got 0"),
     (["--top_k", "many"], "argument --top_k: invalid int value: 'many'"),
     (["--batch_size", "0"], "--batch_size must be >= 1, got 0"),
+    (["--dataloader_num_workers", "-1"], "argument --dataloader_num_workers: must be 'auto' or an integer >= 0, "
+                                         "got '-1'"),
+    (["--dataloader_num_workers", "many"], "argument --dataloader_num_workers: must be 'auto' or an integer >= 0"),
     (["--model", "does/not/exist"], "--model does/not/exist: no config.json there"),
 ]
 
@@ -105,6 +108,7 @@ SIMILAR_CASES = [
     (["--no_such_flag"], "unrecognized arguments: --no_such_flag"),
     (["--k", "0"], "--k must be >= 1, got 0"),
     (["--k", "x"], "argument --k: invalid int value: 'x'"),
+    (["--dataloader_num_workers", "2.5"], "argument --dataloader_num_workers: must be 'auto' or an integer >= 0"),
     (["--index", "does/not/exist"], "--index does/not/exist: not a folder of images"),
     (["--model", "does/not/exist"], "--model does/not/exist: no config.json there"),
 ]
