@@ -623,8 +623,7 @@ def update_index(
         checkpoint: receives the index so far (entries kept from ``index``, then the new ones in
             embedding order); `build_index` uses it to save progress.
     """
-    if num_workers is not None and num_workers != "auto":
-        resolve_num_workers(num_workers, 0, 1)  # the ValueError of a bad value, before any work
+    resolve_num_workers(num_workers, 0, 1)  # a bad value fails here, before any work
     if save_every < 0:
         raise ValueError(f"save_every must be >= 0, got {save_every}")
     root = Path(root).resolve()

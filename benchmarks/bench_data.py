@@ -262,10 +262,10 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         split = build_split(write_images(Path(folder), args.num_images, args.source_image_size, args.seed))
+        profiled = "gpu" if "gpu" in args.paths else args.paths[-1]  # --profile: the GPU path when run
         for path in args.paths:
             images_per_s = data_alone(Batches(path, split, config, args, Path(folder) / "cache"), args)
             batches = Batches(path, split, config, args, Path(folder) / "cache")
-            profiled = "gpu" if "gpu" in args.paths else args.paths[-1]  # --profile: the GPU path when run
             steps_per_s, wait, augment, profile = training_loop(batches, config, args,
                                                                 args.profile if path == profiled else None)
             results[path] = {"images_per_s": images_per_s, "steps_per_s": steps_per_s, "data_wait_fraction": wait,

@@ -318,16 +318,18 @@ def count_kernel_ops(setting: Setting) -> int:
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Counter(TorchDispatchMode):
-        count = 0
+        def __init__(self):
+            super().__init__()
+            self.count = 0
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             if func.overloadpacket.__name__ not in NO_KERNEL_OPS:
-                Counter.count += 1
+                self.count += 1
             return func(*args, **(kwargs or {}))
 
-    with Counter():
+    with Counter() as counter:
         setting.step()
-    return Counter.count
+    return counter.count
 
 
 # ---------------------------------------------------------------------------------------------- report
