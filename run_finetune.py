@@ -386,6 +386,13 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         criterion = build_criterion(train_args, mixup_fn, data.multi_label_train)
         model, optimizer, *prepared = accelerator.prepare(model, optimizer, *loaders.values())
         loaders = dict(zip(loaders, prepared))
+        if train_args.linear_probe_init:  # the probe head alone, before any update: what fine-tuning has to beat
+            # (forked: iterating a DataLoader draws a base seed, and training must draw what it drew without this)
+            with torch.random.fork_rng(devices=[]):
+                probe_metrics = scalar_metrics(evaluate(model, loaders, accelerator, data, "eval"), "eval")
+            results["probe_init"] = probe_metrics
+            logger.info("linear-probe head before fine-tuning: eval %s %.4f", train_args.metric_for_best_model,
+                        probe_metrics[f"eval_{train_args.metric_for_best_model}"])
 
         updates_per_epoch = max(1, math.ceil(len(loaders["train"]) / train_args.gradient_accumulation_steps))
         total_steps = train_args.max_train_steps or train_args.num_train_epochs * updates_per_epoch

@@ -266,3 +266,45 @@ def test_finetune_with_linear_probe_init_says_so_in_its_card(finetuned, demo_opt
         "--output_dir", str(tmp_path), "--probe_epochs", "3", "--max_train_steps", "1",
         "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--save_plots", "false"])
     assert "linear probe (LP-FT)" in (tmp_path / "README.md").read_text()
+
+
+def test_lp_ft_records_what_its_probe_head_scored_before_fine_tuning(finetuned, demo_options, tmp_path):
+    """``probe_init`` in all_results.json: the LP-FT model evaluated before its first update, i.e. exactly the
+    ``--linear_probe`` run with the same seed and probe settings."""
+    source, _ = finetuned
+    common = ["--model_name_or_path", str(source), "--dataset_options", demo_options, "--probe_epochs", "4",
+              "--seed", "3", "--per_device_eval_batch_size", "16", "--save_plots", "false"]
+    probe = run_finetune.main(common + ["--linear_probe", "--output_dir", str(tmp_path / "probe")])
+    lp_ft = run_finetune.main(common + ["--output_dir", str(tmp_path / "lp_ft"), "--max_train_steps", "1",
+                                        "--per_device_train_batch_size", "8"])
+    written = json.loads((tmp_path / "lp_ft" / "all_results.json").read_text())
+    assert written["probe_init"]["eval_accuracy"] == pytest.approx(probe["eval_accuracy"])
+    assert written["probe_init"]["eval_macro_f1"] == pytest.approx(probe["eval_macro_f1"])
+    assert lp_ft["probe_init"] == written["probe_init"]
+    plain = run_finetune.main(common + ["--linear_probe_init", "false", "--output_dir", str(tmp_path / "ft"),
+                                             "--max_train_steps", "1", "--per_device_train_batch_size", "8"])
+    assert "probe_init" not in plain
+
+
+def test_the_probe_init_evaluation_leaves_the_training_randomness_alone(finetuned, demo_options, tmp_path,
+                                                                       monkeypatch):
+    """Iterating the evaluation loader draws from torch's generator; the LP-FT model must train on the draws it
+    would have had without the extra evaluation (so earlier results stay reproducible)."""
+    source, _ = finetuned
+    states = {}
+    evaluate, train_one_epoch = run_finetune.evaluate, run_finetune.train_one_epoch
+
+    def recording_evaluate(*args, **kwargs):
+        states.setdefault("before_probe_eval", torch.random.get_rng_state())
+        return evaluate(*args, **kwargs)
+
+    def recording_train_one_epoch(*args, **kwargs):
+        states.setdefault("first_epoch", torch.random.get_rng_state())
+        return train_one_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(run_finetune, "evaluate", recording_evaluate)
+    monkeypatch.setattr(run_finetune, "train_one_epoch", recording_train_one_epoch)
+    run_finetune.main(["--model_name_or_path", str(source), "--dataset_options", demo_options, "--probe_epochs", "2",
+                       "--output_dir", str(tmp_path), "--max_train_steps", "1", "--per_device_train_batch_size", "8",
+                       "--per_device_eval_batch_size", "16", "--save_plots", "false"])
+    assert torch.equal(states["before_probe_eval"], states["first_epoch"])
