@@ -159,7 +159,8 @@ class PretrainingArguments:
     momentum_final: float | None = field(default=None, metadata={"help": "Teacher EMA momentum at the end (default: "
                                                                           "config.momentum_final)."})
     eval_every: int | None = field(
-        default=None, metadata={"help": "Every N steps, kNN accuracy of the student's pooler_output features "
+        default=None, metadata={"help": "At step 0 (the initial encoder) and every N steps, kNN accuracy of the "
+                                        "student's pooler_output features "
                                         "(--eval_split against the training split), when the dataset has labels; "
                                         "logged as eval/knn_acc and to eval_log.jsonl. Off by default."})
     eval_split: str | None = field(default=None, metadata={"help": "Split of --eval_every (default: validation, "

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 import run_pretrain
 from artstyle import ArtStyleForPretraining
+from artstyle.training.pretrain_loop import PretrainLoop
 from run_pretrain import main, parse_args, schedule_values, training_lengths
 
 from conftest import reset_training_state
@@ -184,7 +185,8 @@ def test_gpu_augment_path_on_cpu_trains_and_resumes_exactly(tmp_path):
     step-2 checkpoint and resuming gives the same final weights as an uninterrupted run."""
     import artstyle.training.pretrain_loop as loop_module
 
-    gpu = ["--augment_on", "gpu", "--decode_size", "40", "--checkpointing_steps", "2"]
+    gpu = ["--augment_on", "gpu", "--decode_size", "40", "--checkpointing_steps", "2", "--eval_every", "2",
+           "--knn_k", "3"]
     small = {"steps": 5, "batch": 4, "num_images": 24}  # demo train split: 12 images = 3 batches per epoch
     logged = []
     original_log, original_save = Accelerator.log, loop_module.save_checkpoint
@@ -221,6 +223,10 @@ def test_gpu_augment_path_on_cpu_trains_and_resumes_exactly(tmp_path):
     a, b = _weights(tmp_path / "stopped"), _weights(tmp_path / "straight")
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, different[:5]
+    # the kNN monitor: step 0 only in a fresh run (not again after the resume), the same values as without the stop
+    monitor = [json.loads(line) for line in (tmp_path / "stopped" / "eval_log.jsonl").read_text().splitlines()]
+    assert monitor == [json.loads(line) for line in (tmp_path / "straight" / "eval_log.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in monitor] == [0, 2, 4]
     at_resume = _weights(checkpoints / "step_2")
     assert any(not torch.equal(at_resume[k], a[k]) for k in a if k in at_resume)
 
@@ -368,14 +374,22 @@ def test_eval_every_logs_knn_without_changing_training(tmp_path):
         logged.append((step, dict(values)))
         return original(self, values, step=step)
 
-    with mock.patch.object(Accelerator, "log", spy):
+    updates_before = []  # optimizer updates taken before each kNN evaluation
+    original_log_knn = PretrainLoop.log_knn
+
+    def log_knn_spy(self):
+        updates_before.append(sum(int(s.get("step", 0)) for s in self.optimizer.state.values()))
+        return original_log_knn(self)
+
+    with mock.patch.object(Accelerator, "log", spy), mock.patch.object(PretrainLoop, "log_knn", log_knn_spy):
         monitored = main(tiny_args(tmp_path, "knn", "--eval_every", "2", "--knn_k", "5", steps=5))
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     plain = main(tiny_args(tmp_path, "plain", steps=5))
 
     lines = [json.loads(line) for line in (tmp_path / "knn" / "eval_log.jsonl").read_text().splitlines()]
-    assert [line["step"] for line in lines] == [2, 4]
+    assert [line["step"] for line in lines] == [0, 2, 4]
+    assert updates_before[0] == 0 and updates_before[1] > 0  # step 0 reads the encoder before any update
     assert all(0.0 <= line["knn_acc"] <= 1.0 for line in lines)
     tracked = [(step, values["eval/knn_acc"]) for step, values in logged if "eval/knn_acc" in values]
     assert tracked == [(line["step"], line["knn_acc"]) for line in lines]

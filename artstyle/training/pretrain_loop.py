@@ -35,7 +35,8 @@ class PretrainLoop:
     and the teacher EMA is applied (``momentum=`` of the model's forward) once per optimisation
     step, before its first micro-batch. `run` raises ``FloatingPointError`` naming the step at the
     first non-finite loss, before the backward pass and without writing a checkpoint. With
-    ``knn_loaders``, every ``eval_every`` steps the kNN accuracy is logged (it uses no global RNG).
+    ``knn_loaders``, the kNN accuracy is logged at step 0 of a fresh run (the initial encoder: what training has to
+    beat) and every ``eval_every`` steps (it uses no global RNG).
     """
 
     accelerator: Accelerator
@@ -61,6 +62,8 @@ class PretrainLoop:
         self._sums = [0.0] * len(LOSS_TERMS)  # host floats: the losses are read once per micro-batch anyway
         self._micro = 0
         self._window_images, self._window_start = 0, time.perf_counter()
+        if self.knn_loaders is not None and state.step == 0:  # the reference: the encoder before any update
+            self.log_knn()
         self.model.train()
         while state.step < self.total_steps and state.epoch < self.num_epochs:
             if self.run_epoch():
