@@ -11,7 +11,8 @@ In the manner of Hugging Face's ``run_image_classification_no_trainer.py``, spli
 Modes:
 - full fine-tune (default): layer-wise LR decay (timm), mixup / cutmix with label smoothing (timm),
   drop path, cosine schedule with warmup; the best epoch (by ``--metric_for_best_model`` on the
-  evaluation split) is saved to ``output_dir``, the last epoch to ``output_dir/last_epoch``.
+  evaluation split) is saved to ``output_dir``, the last epoch to ``output_dir/last_epoch``. With LP-FT the
+  probe head before fine-tuning is a candidate too (``best_epoch`` -1; ``--probe_candidate false``: epochs only).
 - ``--linear_probe``: features of the frozen encoder are extracted once; a linear classifier is fitted
   on them and written into the model's classification head (encoder weights unchanged).
 - ``--knn``: weighted kNN (k=20, T=0.07) of evaluation features against training features; only
@@ -145,6 +146,9 @@ class FinetuneArguments:
     linear_probe_init: bool = field(default=True, metadata={
         "help": "LP-FT (Kumar et al., 2022): fit the head on frozen features first (the --linear_probe recipe), "
                 "then fine-tune everything from there (--linear_probe_init false: a fresh head, plain fine-tune)."})
+    probe_candidate: bool = field(default=True, metadata={
+        "help": "LP-FT: the probe head before any fine-tuning update competes in the best-model selection like an "
+                "epoch (best_epoch -1 when it wins: no epoch of fine-tuning beat it on the evaluation split)."})
     knn_k: int = field(default=20, metadata={"help": "Neighbours of the kNN classifier."})
     knn_temperature: float = field(default=0.07, metadata={"help": "Temperature of the kNN vote weights."})
     num_train_epochs: int = field(default=8, metadata={
@@ -389,7 +393,8 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         if train_args.linear_probe_init:  # the probe head alone, before any update: what fine-tuning has to beat
             # (forked: iterating a DataLoader draws a base seed, and training must draw what it drew without this)
             with torch.random.fork_rng(devices=[]):
-                probe_metrics = scalar_metrics(evaluate(model, loaders, accelerator, data, "eval"), "eval")
+                probe_eval = evaluate(model, loaders, accelerator, data, "eval")
+            probe_metrics = scalar_metrics(probe_eval, "eval")
             results["probe_init"] = probe_metrics
             logger.info("linear-probe head before fine-tuning: eval %s %.4f", train_args.metric_for_best_model,
                         probe_metrics[f"eval_{train_args.metric_for_best_model}"])
@@ -405,6 +410,10 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
                     * train_args.gradient_accumulation_steps)
         progress = tqdm(total=total_steps, disable=not accelerator.is_local_main_process, desc="fine-tune")
         best_value, best_state, best_epoch, history = -math.inf, None, -1, []
+        if train_args.linear_probe_init and train_args.probe_candidate:  # an epoch must beat the probe to be kept
+            best_value = probe_eval[train_args.metric_for_best_model]
+            best_state = {k: v.detach().cpu().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+            results.update(split_results(probe_eval, "eval", data))
         for epoch in range(num_epochs):
             state.epoch = epoch
             loss = train_one_epoch(model, loaders["train"], optimizer, criterion, accelerator, state, total_steps,
@@ -422,6 +431,10 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
                               for k, v in accelerator.unwrap_model(model).state_dict().items()}
                 results.update(split_results(eval_metrics, "eval", data))
         progress.close()
+        if best_epoch == -1:
+            logger.info("no fine-tuning epoch beat the linear-probe head on eval %s (%.4f): keeping the probe "
+                        "(best_epoch -1; the last epoch is in last_epoch/)", train_args.metric_for_best_model,
+                        best_value)
         save_final(accelerator, model, output_dir / "last_epoch")
         accelerator.unwrap_model(model).load_state_dict(best_state)
         results.update(best_epoch=best_epoch, history=history, train_steps=state.step,
@@ -433,7 +446,8 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
                    "label_smoothing": train_args.label_smoothing,
                    "drop_path_rate": accelerator.unwrap_model(model).config.drop_path_rate,
                    "batch_size": train_args.per_device_train_batch_size * accelerator.num_processes
-                   * train_args.gradient_accumulation_steps, "best_epoch": best_epoch}
+                   * train_args.gradient_accumulation_steps, "best_epoch": best_epoch,
+                   "probe_candidate": bool(train_args.linear_probe_init and train_args.probe_candidate)}
 
     final = results["eval_details"]
     if "test" in loaders:

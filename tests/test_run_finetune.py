@@ -308,3 +308,41 @@ def test_the_probe_init_evaluation_leaves_the_training_randomness_alone(finetune
                        "--output_dir", str(tmp_path), "--max_train_steps", "1", "--per_device_train_batch_size", "8",
                        "--per_device_eval_batch_size", "16", "--save_plots", "false"])
     assert torch.equal(states["before_probe_eval"], states["first_epoch"])
+
+
+def test_lp_ft_keeps_the_probe_when_no_epoch_beats_it(finetuned, demo_options, tmp_path, monkeypatch):
+    """``--probe_candidate`` (default): the probe head before fine-tuning competes like an epoch. When every epoch
+    scores below it on the evaluation split, LP-FT saves exactly what ``--linear_probe`` saves (best_epoch -1);
+    with ``--probe_candidate false`` it saves the best epoch whatever the probe scored."""
+    source, _ = finetuned
+    common = ["--model_name_or_path", str(source), "--dataset_options", demo_options, "--probe_epochs", "4",
+              "--seed", "3", "--per_device_eval_batch_size", "16", "--save_plots", "false"]
+    run_finetune.main(common + ["--linear_probe", "--output_dir", str(tmp_path / "probe")])
+    evaluate, calls = run_finetune.evaluate, []
+
+    def epochs_score_below_the_probe(model, loaders, accelerator, data, split):
+        metrics = evaluate(model, loaders, accelerator, data, split)
+        if split == "eval":
+            calls.append(split)
+            if len(calls) > 1:  # every evaluation after the probe's: an epoch of fine-tuning
+                metrics = {**metrics, "accuracy": -1.0}
+        return metrics
+
+    monkeypatch.setattr(run_finetune, "evaluate", epochs_score_below_the_probe)
+    fine_tune = ["--max_train_steps", "1", "--per_device_train_batch_size", "8"]  # one epoch of one update
+    kept = run_finetune.main(common + fine_tune + ["--output_dir", str(tmp_path / "kept")])
+    assert len(calls) == 2 and kept["best_epoch"] == -1
+    assert kept["eval_accuracy"] == kept["probe_init"]["eval_accuracy"]
+    assert [h["eval_accuracy"] for h in kept["history"]] == [-1.0]
+    probe = load_file(tmp_path / "probe" / "model.safetensors")
+    saved = load_file(tmp_path / "kept" / "model.safetensors")
+    assert probe.keys() == saved.keys() and all(torch.equal(probe[k], saved[k]) for k in probe)
+    last = load_file(tmp_path / "kept" / "last_epoch" / "model.safetensors")
+    assert not torch.equal(last["classifier.weight"], probe["classifier.weight"])  # the fine-tune did run
+
+    calls.clear()
+    epochs_only = run_finetune.main(common + fine_tune + ["--probe_candidate", "false",
+                                                          "--output_dir", str(tmp_path / "epochs")])
+    assert epochs_only["best_epoch"] == 0 and epochs_only["eval_accuracy"] == -1.0
+    chosen = load_file(tmp_path / "epochs" / "model.safetensors")
+    assert not torch.equal(chosen["classifier.weight"], probe["classifier.weight"])
