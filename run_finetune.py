@@ -410,10 +410,15 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
                     * train_args.gradient_accumulation_steps)
         progress = tqdm(total=total_steps, disable=not accelerator.is_local_main_process, desc="fine-tune")
         best_value, best_state, best_epoch, history = -math.inf, None, -1, []
-        if train_args.linear_probe_init and train_args.probe_candidate:  # an epoch must beat the probe to be kept
-            best_value = probe_eval[train_args.metric_for_best_model]
+
+        def keep(eval_metrics: dict, epoch: int) -> None:  # the best model so far: a CPU copy and its eval results
+            nonlocal best_value, best_state, best_epoch
+            best_value, best_epoch = eval_metrics[train_args.metric_for_best_model], epoch
             best_state = {k: v.detach().cpu().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
-            results.update(split_results(probe_eval, "eval", data))
+            results.update(split_results(eval_metrics, "eval", data))
+
+        if train_args.linear_probe_init and train_args.probe_candidate:  # an epoch must beat the probe to be kept
+            keep(probe_eval, -1)
         for epoch in range(num_epochs):
             state.epoch = epoch
             loss = train_one_epoch(model, loaders["train"], optimizer, criterion, accelerator, state, total_steps,
@@ -426,10 +431,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
             accelerator.log({"train/epoch_loss": loss, **{f"eval/{k[5:]}": v for k, v in
                              scalar_metrics(eval_metrics, "eval").items()}}, step=state.step)
             if value > best_value or best_state is None:
-                best_value, best_epoch = value, epoch
-                best_state = {k: v.detach().cpu().clone()
-                              for k, v in accelerator.unwrap_model(model).state_dict().items()}
-                results.update(split_results(eval_metrics, "eval", data))
+                keep(eval_metrics, epoch)
         progress.close()
         if best_epoch == -1:
             logger.info("no fine-tuning epoch beat the linear-probe head on eval %s (%.4f): keeping the probe "
