@@ -15,7 +15,6 @@ setup(
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",
-        "kornia>=0.7",  # GPU two-view augmentation (artstyle.gpu_augment): per-sample-sigma blur, HSV conversion
         "transformers>=5.0",
         "datasets>=3.0",
         "accelerate>=1.0",

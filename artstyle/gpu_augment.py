@@ -23,8 +23,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import kornia
 import torch
+import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 from .transforms import _check_stats, _image_size_pair, blur_kernel_size, ssl_view_settings
@@ -50,19 +50,31 @@ def _uniform(generator: torch.Generator, shape: Sequence[int], low: float, high:
     return torch.rand(*shape, generator=generator, dtype=torch.float64) * (high - low) + low
 
 
+_CONSTANTS: dict = {}
+
+
+def _constant(values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
+    """``values`` as a ``[1, len, 1, 1]`` tensor of ``like``'s dtype on its device, made once per device (a copy to
+    a device per call would be one more launch)."""
+    key = (values, like.dtype, like.device)
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = torch.tensor(values, dtype=like.dtype).view(1, -1, 1, 1).to(like.device)
+    return _CONSTANTS[key]
+
+
 def _grayscale(x: torch.Tensor) -> torch.Tensor:
-    r, g, b = x.unbind(1)
-    return (_GRAY_WEIGHTS[0] * r + _GRAY_WEIGHTS[1] * g + _GRAY_WEIGHTS[2] * b).unsqueeze(1)
+    """torchvision's ``rgb_to_grayscale`` weights, ``[B, 3, H, W]`` -> ``[B, 1, H, W]``."""
+    return (x * _constant(_GRAY_WEIGHTS, x)).sum(dim=1, keepdim=True)
 
 
 def _blend(image: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """torchvision's ``_blend`` for float images, ``factor`` per sample ``[N]``."""
-    factor = factor.view(-1, 1, 1, 1)
-    return (factor * image + (1.0 - factor) * other).clamp_(0.0, 1.0)
+    """torchvision's ``_blend`` (``factor·image + (1 - factor)·other``, clamped) for float images, ``factor`` per
+    sample ``[N]``; as one ``lerp``, so that ``factor`` 1 returns ``image`` exactly."""
+    return torch.lerp(other.expand_as(image), image, factor.view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
 
 
 def _brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return _blend(x, torch.zeros_like(x), factor)
+    return (x * factor.view(-1, 1, 1, 1)).clamp_(0.0, 1.0)  # blend with black
 
 
 def _contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -74,9 +86,34 @@ def _saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 def _hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    hsv = kornia.color.rgb_to_hsv(x)  # hue in radians [0, 2 pi)
-    hue = torch.remainder(hsv[:, :1] + factor.view(-1, 1, 1, 1) * (2 * math.pi), 2 * math.pi)
-    return kornia.color.hsv_to_rgb(torch.cat([hue, hsv[:, 1:]], dim=1)).clamp_(0.0, 1.0)
+    """torchvision's ``adjust_hue`` (RGB -> HSV, hue + ``factor`` mod 1, back), in a closed form of about 30
+    batched operations (kornia's round trip takes 85): the hue from the channel differences of the largest channel
+    (ties resolved red, green, blue, as torchvision), and back through ``c = v - (v - min)·clamp(min(k, 4 - k), 0, 1)``
+    with ``k = (n + 6·hue) mod 6``, ``n`` = 5, 3, 1 for red, green, blue (value and saturation are unchanged)."""
+    value, largest = x.max(dim=1, keepdim=True)  # the first maximum on ties: red before green before blue
+    chroma = value - x.amin(dim=1, keepdim=True)
+    scaled = (value - x) / torch.where(chroma == 0, torch.ones_like(chroma), chroma)
+    # hue·6 candidates if channel c is the largest: 2c + scaled[c + 2] - scaled[c + 1] (indices mod 3)
+    candidates = _constant((0.0, 2.0, 4.0), x) + scaled.roll(1, dims=1) - scaled.roll(-1, dims=1)
+    hue = torch.fmod(candidates.gather(1, largest) / 6.0 + 1.0, 1.0)
+    hue = torch.remainder(hue + factor.view(-1, 1, 1, 1), 1.0)
+    k = torch.remainder(_constant((5.0, 3.0, 1.0), x) + 6.0 * hue, 6.0)
+    return (value - chroma * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)).clamp_(0.0, 1.0)
+
+
+def _gaussian_blur(x: torch.Tensor, kernel_size: int, sigma: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``gaussian_blur`` (reflect padding, kernel ``exp(-t²/2σ²)`` normalised) with ``sigma`` per
+    sample ``[N]``: two depthwise convolutions (the kernel is separable), one group per sample and channel."""
+    count, channels, height, width = x.shape
+    half = (kernel_size - 1) / 2
+    t = _constant(tuple(i - half for i in range(kernel_size)), x).view(1, kernel_size)
+    kernel = torch.exp(-0.5 * (t / sigma.view(-1, 1)) ** 2)
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)  # [N·C, K]
+    pad = kernel_size // 2
+    y = F.pad(x, (pad, pad, pad, pad), mode="reflect").reshape(1, count * channels, height + 2 * pad, width + 2 * pad)
+    y = F.conv2d(y, kernel.view(-1, 1, 1, kernel_size), groups=count * channels)
+    y = F.conv2d(y, kernel.view(-1, 1, kernel_size, 1), groups=count * channels)
+    return y.view(count, channels, height, width)
 
 
 _JITTER_OPS = (_brightness, _contrast, _saturation, _hue)  # torchvision's fn_idx numbering
@@ -173,45 +210,75 @@ class GPUTwoViewAugment:
         return params
 
     # ------------------------------------------------------------------------------------------ applying
+    @staticmethod
+    def pack_params(params: dict) -> torch.Tensor:
+        """Every per-sample number ``apply`` needs as ONE float32 CPU tensor ``[B, 25]`` (one transfer per view):
+
+        columns 0-3 the crop box (x1, y1, x2, y2), 4 flip, 5-20 the jitter factor of op ``k`` at position ``p``
+        (column ``5 + 4p + k``; the op's identity — 1, 1, 1, 0 — where that sample does not run ``k`` at ``p``), 21
+        grayscale, 22 blur, 23 sigma, 24 solarize. Masks are 0/1.
+        """
+        top, left, h, w = params["crops"].unbind(1)
+        count = top.shape[0]
+        identity = torch.tensor([1.0, 1.0, 1.0, 0.0], dtype=torch.float64)
+        chosen = params["jitter"][:, None, None] & (
+            params["jitter_order"][:, :, None] == torch.arange(4)[None, None, :])  # [B, position, op]
+        jitter = torch.where(chosen, params["jitter_factors"].double()[:, None, :], identity)
+        return torch.cat([
+            torch.stack([left, top, left + w, top + h], dim=1),
+            params["flip"].double()[:, None],
+            jitter.reshape(count, 16),
+            torch.stack([params["gray"].double(), params["blur"].double(), params["sigma"].double(),
+                         params["solarize"].double()], dim=1),
+        ], dim=1).float()
+
     def apply(self, pixels: torch.Tensor, params: dict, view: dict[str, Any]) -> torch.Tensor:
-        """One view of float ``pixels`` in [0, 1] ``[B, 3, H, W]`` with the given parameters (normalised)."""
+        """One view of float ``pixels`` in [0, 1] ``[B, 3, H, W]`` with the given parameters (normalised).
+
+        Branch-free: every operation runs on the whole batch and a per-sample mask or identity factor decides whom it
+        changes, so the launches per view are a fixed few hundred, with no index tensor built per operation (what
+        bounds a small model's step on a GPU is the number of launches, not their arithmetic).
+        """
         device = pixels.device
         count = pixels.shape[0]
-        top, left, h, w = params["crops"].unbind(1)
-        boxes = torch.stack([torch.arange(count, dtype=torch.float64), left, top, left + w, top + h], dim=1)
-        x = roi_align(pixels, _to(boxes, device, pixels.dtype), output_size=self.size,
-                      spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-        x = torch.where(_to(params["flip"], device).view(-1, 1, 1, 1), x.flip(-1), x)
+        packed = self.pack_params(params)
+        if device.type == "cuda":
+            packed = packed.pin_memory()  # a truly asynchronous copy
+        packed = packed.to(device, non_blocking=True)
+
+        def mask(column: int) -> torch.Tensor:
+            return (packed[:, column] > 0.5).view(-1, 1, 1, 1)
+
+        boxes = torch.cat([torch.arange(count, device=device, dtype=pixels.dtype)[:, None],
+                           packed[:, 0:4].to(pixels.dtype)], dim=1)
+        x = roi_align(pixels, boxes, output_size=self.size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+        x = torch.where(mask(4), x.flip(-1), x)
         if view["jitter_p"] > 0:
-            x = self._jitter(x, params)
+            factors = packed[:, 5:21].view(count, 4, 4)
+            for position in range(4):
+                x = _brightness(x, factors[:, position, 0])
+                x = _contrast(x, factors[:, position, 1])
+                x = _saturation(x, factors[:, position, 2])
+                if view["hue"] == 0:
+                    continue
+                shift = factors[:, position, 3]
+                x = torch.where((shift != 0).view(-1, 1, 1, 1), _hue(x, shift), x)  # exact identity elsewhere
         if view["grayscale_p"] > 0:
-            x = torch.where(_to(params["gray"], device).view(-1, 1, 1, 1), _grayscale(x).expand_as(x), x)
-        if view["blur_p"] > 0 and params["blur"].any():
-            index = params["blur"].nonzero()[:, 0]
-            sigma = _to(params["sigma"][index].view(-1, 1).expand(-1, 2).contiguous(), device)
-            index = _to(index, device)
-            blurred = kornia.filters.gaussian_blur2d(x.index_select(0, index), self.kernel_size, sigma,
-                                                     border_type="reflect")
-            x = x.index_copy(0, index, blurred)
+            x = torch.where(mask(21), _grayscale(x).expand_as(x), x)
+        if view["blur_p"] > 0:
+            blurred = _gaussian_blur(x, self.kernel_size, packed[:, 23])
+            x = torch.where(mask(22), blurred, x)
         if view["solarize_p"] > 0:
             threshold = view["solarize_threshold"] / 255.0
-            mask = _to(params["solarize"], device).view(-1, 1, 1, 1) & (x >= threshold)
-            x = torch.where(mask, 1.0 - x, x)
-        return (x - _to(self.mean, device)) / _to(self.std, device)
+            x = torch.where(mask(24) & (x >= threshold), 1.0 - x, x)
+        mean, std = self._stats(device)
+        return (x - mean) / std
 
-    def _jitter(self, x: torch.Tensor, params: dict) -> torch.Tensor:
-        """Colour jitter on the samples drawn for it, the four operations in each sample's own order."""
-        device = x.device
-        for position in range(4):
-            for op_index, op in enumerate(_JITTER_OPS):
-                chosen = params["jitter"] & (params["jitter_order"][:, position] == op_index)
-                if not chosen.any():
-                    continue
-                index = chosen.nonzero()[:, 0]
-                factor = _to(params["jitter_factors"][index, op_index], device)
-                index = _to(index, device)
-                x = x.index_copy(0, index, op(x.index_select(0, index), factor))
-        return x
+    def _stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mean``/``std`` on ``device``, copied there once."""
+        if self.mean.device != device:
+            self.mean, self.std = self.mean.to(device), self.std.to(device)
+        return self.mean, self.std
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator,
                  image_sizes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -72,3 +72,31 @@ def autocast_context(device: str, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+# ATen operations that launch no kernel: views, metadata, allocation, the optimizer's host-side scalar reads
+NO_KERNEL_OPS = frozenset({
+    "view", "_unsafe_view", "as_strided", "transpose", "t", "expand", "unsqueeze", "squeeze", "permute", "slice",
+    "select", "unbind", "split", "split_with_sizes", "alias", "detach", "reshape", "_reshape_alias", "chunk", "narrow",
+    "diagonal", "unflatten", "flatten", "view_as", "lift_fresh", "resolve_conj", "resolve_neg", "empty",
+    "empty_strided", "empty_like", "_local_scalar_dense", "_record_function_enter_new", "_record_function_exit"})
+
+
+def count_ops(function, *args, **kwargs) -> int:
+    """The ATen operations ``function(*args, **kwargs)`` dispatches, those in ``NO_KERNEL_OPS`` excluded: on a GPU,
+    the kernels it launches. Eager code dispatches the same operations on CPU and GPU, so this is measurable here."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counter(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ not in NO_KERNEL_OPS:
+                self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    with Counter() as counter:
+        function(*args, **kwargs)
+    return counter.count

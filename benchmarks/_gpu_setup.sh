@@ -4,9 +4,9 @@
 #   PYTHON=$(artstyle_pick_python)       # $PYTHON, else python if it imports torch, else python3
 #   artstyle_gpu_setup PYTHON LOG_FILE    # from the repository root; returns 1 when torch or artstyle cannot be imported
 #
-# 1. wheels carried in $WHEELS_DIR (default .whl: datasets, evaluate, kornia, kornia_rs, dill, multiprocess for
+# 1. wheels carried in $WHEELS_DIR (default .whl: datasets, evaluate, dill, multiprocess for
 #    Python 3.12, see benchmarks/README.md) are installed ONCE into $ARTSTYLE_SITE (default /tmp/artstyle_site) when
-#    `import datasets, evaluate, kornia` fails; a folder installed by an earlier call on a warm machine is reused;
+#    `import datasets, evaluate` fails; a folder installed by an earlier call on a warm machine is reused;
 # 2. artstyle: from this checkout, first on PYTHONPATH (the benchmarks measure the working tree);
 # 3. the versions of every dependency are printed (all missing ones named, not only the first).
 # Exports PYTHONPATH, the offline switches of the Hugging Face libraries and ARTSTYLE_GPU_SETUP_DONE=1, so that the
@@ -42,7 +42,7 @@ artstyle_gpu_setup() {
   # cold disk); it runs from / so that only PYTHONPATH and the installed packages count
   report=$(artstyle_versions "$py")
   missing=$(sed -n 's/^missing: //p' <<< "$report")
-  if grep -qwE 'datasets|evaluate|kornia' <<< "$missing"; then
+  if grep -qwE 'datasets|evaluate' <<< "$missing"; then
     if ls "$wheels"/*.whl >/dev/null 2>&1; then
       echo "setup: installing carried wheels from $wheels into $site (missing: $missing)" | tee -a "$log"
       "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
@@ -51,7 +51,7 @@ artstyle_gpu_setup() {
       report=$(artstyle_versions "$py")
       missing=$(sed -n 's/^missing: //p' <<< "$report")
     else
-      echo "setup: datasets/evaluate/kornia missing and no wheels in $wheels (see benchmarks/README.md)" | tee -a "$log"
+      echo "setup: datasets/evaluate missing and no wheels in $wheels (see benchmarks/README.md)" | tee -a "$log"
     fi
   fi
   echo "$report" | tee -a "$log"
@@ -66,7 +66,7 @@ artstyle_versions() {  # artstyle_versions PYTHON: one line per package, "device
   (cd / && "$1" - <<'EOF' 2>&1)
 import importlib
 missing = []
-for name in ("torch", "torchvision", "timm", "transformers", "accelerate", "datasets", "evaluate", "kornia",
+for name in ("torch", "torchvision", "timm", "transformers", "accelerate", "datasets", "evaluate",
              "huggingface_hub", "sklearn", "matplotlib", "artstyle"):
     try:
         module = importlib.import_module(name)

@@ -58,6 +58,7 @@ from _common import (  # noqa: E402
     autocast_context,
     check_common_arguments,
     config_overrides,
+    count_ops,
     setup,
     synchronize,
 )
@@ -219,6 +220,26 @@ def training_loop(batches: Batches, config: ArtStyleConfig, args,
     return *timed, write_profile(step, args, profile_path) if profile_path else None
 
 
+def augment_op_counts(augment: GPUTwoViewAugment, args, decode_size: int) -> dict:
+    """ATen operations of one two-view augmentation call on a ``--batch_size`` batch (`_common.count_ops`): all of
+    them, and those of the parameter draws (CPU tensors on every device). The difference runs on the device: the
+    launches the call costs there."""
+    pixels = torch.randint(0, 256, (args.batch_size, 3, decode_size, decode_size), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(args.seed)).to(args.device)
+    sizes = torch.tensor([[decode_size, decode_size]] * args.batch_size)
+    augment(pixels, torch.Generator().manual_seed(args.seed))  # device constants are made on the first call
+
+    def draws() -> None:
+        generator = torch.Generator().manual_seed(args.seed)
+        for view in augment.views:
+            augment.pack_params(augment.sample_params(sizes, view, generator))
+
+    total = count_ops(augment, pixels, torch.Generator().manual_seed(args.seed))
+    host = count_ops(draws)
+    return {"augment_ops_per_batch": total, "augment_param_ops_per_batch": host,
+            "augment_device_ops_per_batch": total - host}
+
+
 LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
 
 
@@ -272,6 +293,11 @@ def main(argv: list[str] | None = None) -> dict:
                              "augment_call_fraction": augment}
             if profile is not None:
                 results[path]["profile"] = profile
+            if path == "gpu":
+                results[path].update(augment_op_counts(batches.augment, args,
+                                                       args.decode_size or default_decode_size(config.image_size)))
+                print(f"gpu  augmentation call: {results[path]['augment_ops_per_batch']} ATen operations per batch, "
+                      f"{results[path]['augment_device_ops_per_batch']} of them on the device", flush=True)
             print(f"{path:<4} data alone {images_per_s:9.1f} images/s | training loop {steps_per_s:7.2f} steps/s "
                   f"({steps_per_s * args.batch_size:8.1f} images/s), waiting for data {100 * wait:5.1f} % of the time, "
                   f"copy{' + augmentation call' if path == 'gpu' else ''} {100 * augment:5.1f} %", flush=True)

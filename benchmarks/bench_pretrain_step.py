@@ -64,6 +64,7 @@ from _common import (  # noqa: E402
     autocast_context,
     check_common_arguments,
     config_overrides,
+    count_ops,
     setup,
     synchronize,
 )
@@ -303,33 +304,11 @@ def count_backbone_passes(setting: Setting) -> dict[str, int]:
     return counts
 
 
-# ATen operations that launch no kernel: views, metadata, allocation, the optimizer's host-side scalar reads
-NO_KERNEL_OPS = frozenset({
-    "view", "_unsafe_view", "as_strided", "transpose", "t", "expand", "unsqueeze", "squeeze", "permute", "slice",
-    "select", "unbind", "split", "split_with_sizes", "alias", "detach", "reshape", "_reshape_alias", "chunk", "narrow",
-    "diagonal", "unflatten", "flatten", "view_as", "lift_fresh", "resolve_conj", "resolve_neg", "empty",
-    "empty_strided", "empty_like", "_local_scalar_dense", "_record_function_enter_new", "_record_function_exit"})
-
-
 def count_kernel_ops(setting: Setting) -> int:
-    """ATen operations one step dispatches to the device, views and metadata excluded (``NO_KERNEL_OPS``): forward,
+    """ATen operations one step dispatches to the device, views and metadata excluded (`_common.count_ops`): forward,
     backward and optimizer. A small model's step is bound by launching these, not by arithmetic (issue 11), so this
     count, which is the same on CPU and GPU for eager code, is what a change must lower to speed such a step up."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Counter(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.count = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.overloadpacket.__name__ not in NO_KERNEL_OPS:
-                self.count += 1
-            return func(*args, **(kwargs or {}))
-
-    with Counter() as counter:
-        setting.step()
-    return counter.count
+    return count_ops(setting.step)
 
 
 # ---------------------------------------------------------------------------------------------- report

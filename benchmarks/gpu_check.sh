@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-shot GPU check of artstyle (run from the repository root on a CUDA machine, no internet needed):
-#   0. setup (benchmarks/_gpu_setup.sh): wheels carried in $WHEELS_DIR (default .whl: datasets, evaluate, kornia,
-#      kornia_rs, dill, multiprocess for Python 3.12, see benchmarks/README.md) are installed to a private folder when
+#   0. setup (benchmarks/_gpu_setup.sh): wheels carried in $WHEELS_DIR (default .whl: datasets, evaluate, dill,
+#      multiprocess for Python 3.12, see benchmarks/README.md) are installed to a private folder when
 #      the modules are missing;
 #   1. pretrain_smoke: CUDA smoke test of pretraining: a few bf16 steps of run_pretrain.py (tiny config, demo data);
 #      skipped with SKIP_SMOKE=1 (gpu_session.sh sets it when the ablation's run_pretrain.py runs passed on CUDA);

@@ -76,7 +76,7 @@ def main(argv: list[str]) -> int:
         return 2
     summary = summarise(argv[0])
     versions = {}
-    for name in ("torch", "torchvision", "transformers", "timm", "kornia"):
+    for name in ("torch", "torchvision", "transformers", "timm"):
         try:
             versions[name] = __import__(name).__version__
         except ImportError:

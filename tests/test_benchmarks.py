@@ -160,6 +160,10 @@ def test_data_benchmark_cached_gpu_path_only(capsys):
                       "--paths", "gpu", "--cache"])
     assert list(out) == ["gpu"] and out["gpu"]["steps_per_s"] > 0
     assert "cpu_images_per_s=nan" in last_line(capsys)
+    # the augmentation's operations: the parameter draws (host) plus a fixed batched sequence on the device
+    gpu = out["gpu"]
+    assert gpu["augment_ops_per_batch"] == gpu["augment_param_ops_per_batch"] + gpu["augment_device_ops_per_batch"]
+    assert 100 < gpu["augment_device_ops_per_batch"] < 500 and gpu["augment_param_ops_per_batch"] > 50
 
 
 def test_inference_predict_cli_throughput(capsys):

@@ -19,7 +19,7 @@ from artstyle.fast_data import (
     decode_to_uint8,
     make_two_view_batch,
 )
-from artstyle.gpu_augment import _JITTER_OPS, GPUTwoViewAugment, _grayscale, resolve_augment_on
+from artstyle.gpu_augment import _JITTER_OPS, GPUTwoViewAugment, _gaussian_blur, _grayscale, resolve_augment_on
 from artstyle.training.data import seeded_rng
 from artstyle.transforms import build_ssl_transform, ssl_view_settings
 
@@ -259,3 +259,89 @@ def test_make_two_view_batch_is_a_pure_function_of_the_batch_seed(image_split):
         assert not torch.equal(make_two_view_batch(batch, augment, other, "cpu")["pixel_values"],
                                first["pixel_values"])
     assert math.isfinite(first["pixel_values_2"].sum().item())
+
+
+# ---------------------------------------------------------------------------------------------- branch-free apply
+def test_hue_matches_torchvision_on_ties_and_pure_colours():
+    # every 0/0.5/1 colour (ties of two and three channels, greys, black, white) plus random ones
+    levels = torch.tensor([0.0, 0.5, 1.0])
+    grid = torch.cartesian_prod(levels, levels, levels).T.reshape(3, 3, 9)  # 27 colours as a 3 x 9 image
+    images = torch.cat([grid[None].expand(5, -1, -1, -1), torch.rand(5, 3, 3, 9, generator=torch.Generator()
+                                                                    .manual_seed(0))])
+    factors = torch.tensor([-0.5, -0.3, 0.0, 0.25, 0.5] * 2)
+    ours = _JITTER_OPS[3](images.clone(), factors)
+    reference = torch.stack([TF.adjust_hue(img, float(f)) for img, f in zip(images, factors)])
+    torch.testing.assert_close(ours, reference, atol=2e-5, rtol=0)
+
+
+def test_per_sample_blur_matches_torchvision_for_each_sigma():
+    images = smooth_images(4, 20).float() / 255
+    sigmas = torch.tensor([0.1, 0.7, 1.3, 2.0])
+    ours = _gaussian_blur(images, 5, sigmas)
+    reference = torch.stack([TF.gaussian_blur(img, [5, 5], [float(s), float(s)]) for img, s in zip(images, sigmas)])
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
+
+
+def reference_view(image: torch.Tensor, params: dict, index: int, view: dict) -> torch.Tensor:
+    """One sample of a full-image view (crop = whole image, no resize) with torchvision's functional ops, in the
+    sample's own jitter order: what `GPUTwoViewAugment.apply` must compute, without masks or identity factors."""
+    x = image.float() / 255
+    if params["flip"][index]:
+        x = x.flip(-1)
+    if params["jitter"][index]:
+        functions = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+        for op_index in params["jitter_order"][index].tolist():
+            x = functions[op_index](x, float(params["jitter_factors"][index, op_index]))
+    if params["gray"][index]:
+        x = TF.rgb_to_grayscale(x, num_output_channels=3)
+    if params["blur"][index]:
+        sigma = float(params["sigma"][index])
+        x = TF.gaussian_blur(x, [3, 3], [sigma, sigma])
+    if params["solarize"][index]:
+        x = torch.where(x >= view["solarize_threshold"] / 255, 1 - x, x)
+    return x
+
+
+def test_branch_free_view_equals_torchvision_ops_applied_per_sample():
+    # every random operation on, at its own per-sample probability; full-image crops so that no resampling differs
+    settings = {"crop_scale": (1.0, 1.0), "crop_ratio": (1.0, 1.0), "hflip_p": 0.5, "jitter_p": 0.7,
+                "grayscale_p": 0.3, "blur_p": 0.5, "solarize_p": 0.3, "hue": 0.3}
+    augment = GPUTwoViewAugment("moco_v3", 16, [0.0] * 3, [1.0] * 3, **settings)
+    images = smooth_images(24, 16, seed=2)
+    params = augment.sample_params(torch.tensor([[16, 16]] * 24), augment.views[0], torch.Generator().manual_seed(5))
+    for key in ("flip", "jitter", "gray", "blur", "solarize"):  # both branches of every mask occur
+        assert 0 < int(params[key].sum()) < 24, key
+    ours = augment.apply(images.float() / 255, params, augment.views[0])
+    for index in range(24):
+        expected = reference_view(images[index], params, index, augment.views[0])
+        torch.testing.assert_close(ours[index], expected, atol=1e-4, rtol=0, msg=f"sample {index}")
+
+
+def count_ops(function, *args) -> int:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counter(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    with Counter() as counter:
+        function(*args)
+    return counter.count
+
+
+@pytest.mark.parametrize("preset", ["moco_v3", "style_preserving"])
+def test_launches_per_view_do_not_depend_on_the_batch_or_the_draws(preset):
+    # the device work of a view is a fixed sequence of batched operations: no per-operation index subsets, whose
+    # number (and launches) would vary with the random draws
+    augment = GPUTwoViewAugment(preset, 16, MEAN, STD)
+    for view in augment.views:
+        counts = set()
+        for count, seed in ((4, 0), (4, 1), (64, 2)):
+            images = smooth_images(count, 24, seed=seed).float() / 255
+            params = augment.sample_params(torch.tensor([[24, 24]] * count), view, torch.Generator().manual_seed(seed))
+            augment.apply(images, params, view)  # constants made once
+            counts.add(count_ops(augment.apply, images, params, view))
+        assert len(counts) == 1 and max(counts) < 300, counts
