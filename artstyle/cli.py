@@ -117,6 +117,9 @@ def build_predict_parser() -> argparse.ArgumentParser:
                              "else min(8, CPU cores - 1) (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--device", default=None, help="torch device (default: accelerator if available, else cpu)")
+    parser.add_argument("--dtype", default="float32", choices=sorted(PREDICT_DTYPES),
+                        help="dtype the classifier is loaded in and runs at (transformers' `dtype`); bfloat16 is "
+                             "several times faster on a recent GPU (default: %(default)s)")
     parser.add_argument("--verbose", action="store_true", help="log progress")
     return parser
 
@@ -141,9 +144,23 @@ def _keep_items(items: list) -> list:
     return items
 
 
+PREDICT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _to_device(images: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """uint8 images to ``device``: images of one shape (a folder of same-size images) in ONE copy of their stack,
+    pinned on CUDA (an asynchronous copy), instead of one blocking copy per image."""
+    if device.type == "cpu" or len({tuple(image.shape) for image in images}) > 1:
+        return [image.to(device) for image in images]
+    stacked = torch.stack(images)
+    if device.type == "cuda":
+        stacked = stacked.pin_memory()
+    return list(stacked.to(device, non_blocking=True).unbind(0))
+
+
 def predict(
     sources: Sequence[str], model: str, top_k: int = 5, batch_size: int = 16, device: str | None = None,
-    num_workers: int | str = "auto",
+    num_workers: int | str = "auto", dtype: str = "float32",
 ) -> tuple[list[dict], list[dict]]:
     """Classify ``sources`` (paths or URLs) -> ``(results, errors)``.
 
@@ -153,7 +170,11 @@ def predict(
     ``pipeline("image-classification")``: softmax (sigmoid for multi-label models) of the logits.
     ``results``: ``[{"path", "predictions": [{"label", "score"}, ...]}]`` in input order;
     ``errors``: ``[{"path", "error"}]`` for inputs that could not be read.
+    ``dtype``: ``"float32"``, ``"bfloat16"`` or ``"float16"``, the classifier's weights and inputs (scores are
+    computed in float32 from the logits).
     """
+    if dtype not in PREDICT_DTYPES:
+        raise ValueError(f"--dtype must be one of {sorted(PREDICT_DTYPES)}, got {dtype!r}")
     for name, value, low in (("--top_k", top_k, 1), ("--batch_size", batch_size, 1)):
         if value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
@@ -162,7 +183,7 @@ def predict(
     except ValueError as err:
         raise ValueError(f"--dataloader_num_workers: {err}") from None
     device = torch.device(device) if device else default_device()
-    classifier = AutoModelForImageClassification.from_pretrained(model).to(device).eval()
+    classifier = AutoModelForImageClassification.from_pretrained(model, dtype=PREDICT_DTYPES[dtype]).to(device).eval()
     processor = AutoImageProcessor.from_pretrained(model, use_fast=True)
     multi_label = classifier.config.problem_type == "multi_label_classification"
     top_k = min(top_k, classifier.config.num_labels)
@@ -174,9 +195,10 @@ def predict(
         decoded = [(i, image) for i, image, _ in batch if image is not None]
         if not decoded:
             continue
-        inputs = processor(images=[image.to(device) for _, image in decoded], return_tensors="pt")
+        inputs = processor(images=_to_device([image for _, image in decoded], device), return_tensors="pt")
         with torch.no_grad():
-            logits = classifier(pixel_values=inputs["pixel_values"].to(device)).logits.float()
+            pixel_values = inputs["pixel_values"].to(device, PREDICT_DTYPES[dtype])
+            logits = classifier(pixel_values=pixel_values).logits.float()
         scores = logits.sigmoid() if multi_label else logits.softmax(dim=-1)
         values, indices = scores.topk(top_k, dim=-1)
         for (i, _), row_values, row_indices in zip(decoded, values.tolist(), indices.tolist()):
@@ -205,7 +227,8 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
         _check_model_dir(args.model)
         sources, errors = expand_inputs(args.paths)
         results, read_errors = (
-            predict(sources, args.model, args.top_k, args.batch_size, args.device, args.dataloader_num_workers)
+            predict(sources, args.model, args.top_k, args.batch_size, args.device, args.dataloader_num_workers,
+                    args.dtype)
             if sources else ([], [])
         )
     except (ValueError, OSError) as err:  # OSError: missing files, model not found locally or on the Hub

@@ -70,12 +70,16 @@ class GramContrastiveLoss(nn.Module):
         self.temperature = temperature
 
     def forward(self, student_gram: torch.Tensor, teacher_grams: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """``student_gram`` ``[B, C, C]``; ``teacher_grams`` ``[M, C, C]`` gathered over processes (``M >= B``)."""
-        query = student_gram.flatten(1).float()
-        keys = teacher_grams.detach().flatten(1).float()
-        logits = query @ keys.T / self.temperature
-        targets = torch.arange(query.shape[0], device=query.device) + offset
-        return F.cross_entropy(logits, targets)
+        """``student_gram`` ``[B, C, C]``; ``teacher_grams`` ``[M, C, C]`` gathered over processes (``M >= B``).
+        Or stacked ``[V, B, C, C]`` / ``[V, M, C, C]``: ``V`` independent InfoNCE terms (each against its own keys)
+        in one batched call, averaged."""
+        query = student_gram.flatten(-2).float()
+        keys = teacher_grams.detach().flatten(-2).float()
+        logits = query @ keys.transpose(-1, -2) / self.temperature
+        targets = torch.arange(query.shape[-2], device=query.device) + offset
+        if logits.dim() == 2:
+            return F.cross_entropy(logits, targets)
+        return F.cross_entropy(logits.flatten(0, 1), targets.repeat(logits.shape[0]))
 
 
 __all__ = ["LearnableGram", "GramMSELoss", "GramContrastiveLoss"]

@@ -478,21 +478,34 @@ class ArtStyleForPretraining(ArtStylePreTrainedModel):
         def symmetric(term) -> torch.Tensor:
             return sum(term(student, teacher, keys) for student, teacher, keys in pairs) / 2
 
+        def both(get, dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+            """Both cross-view halves of a term in ONE call (half the launches of two): the students' values of
+            views 1, 2 and the teachers' of views 2, 1, concatenated along ``dim``. Every term averages over the
+            rows of that dimension and the halves have the same size, so the call's value is the mean of the two."""
+            return (torch.cat([get(s) for s, _, _ in pairs], dim=dim),
+                    torch.cat([get(t) for _, t, _ in pairs], dim=dim))
+
         zero = pixel_values.new_zeros((), dtype=torch.float32)
         contrastive = layerwise = distill = gram = zero
         if config.weight_contrastive > 0:
             queue = queue_snapshot(self.queue) if self.queue is not None else None
-            contrastive = symmetric(lambda s, t, k: self.soft_contrastive(s.key, t.key, negatives=queue, keys=k.keys,
-                                                                          offset=k.offset))
-        if config.weight_layerwise > 0:
-            layerwise = symmetric(lambda s, t, k: self.layer_projector.loss(s.layers, t.layers))
-        if config.weight_distill > 0:
-            distill = symmetric(lambda s, t, k: self.distillation.loss(s.distill, k.keys, k.offset))
+            if queue is not None and queue.shape[0] > 0:  # the queue: the same negatives for both halves
+                contrastive = self.soft_contrastive(*both(lambda v: v.key), negatives=queue)
+            else:  # in-batch negatives: each half has its own
+                contrastive = symmetric(lambda s, t, k: self.soft_contrastive(s.key, t.key, negatives=queue,
+                                                                              keys=k.keys, offset=k.offset))
+        if config.weight_layerwise > 0:  # [2L, B, P]: one InfoNCE per (half, layer), averaged
+            layerwise = self.layer_projector.loss(*both(lambda v: v.layers))
+        if config.weight_distill > 0:  # [2L, B, P] predictions against each half's teacher keys, [2L, M, P]
+            layers = students[0].distill.shape[0]
+            targets = torch.cat([k.keys.expand(layers, -1, -1) for _, _, k in pairs])
+            distill = self.distillation.loss(torch.cat([s.distill for s, _, _ in pairs]), targets, pairs[0][2].offset)
         if config.weight_gram > 0 and config.gram_loss == "infonce":
             gram_keys = [gather_from_all(t.gram) for t in teachers]  # other images' Gram matrices: negatives
-            gram = (self.gram_nce(students[0].gram, *gram_keys[1]) + self.gram_nce(students[1].gram, *gram_keys[0])) / 2
+            gram = self.gram_nce(torch.stack([students[0].gram, students[1].gram]),
+                                 torch.stack([gram_keys[1][0], gram_keys[0][0]]), gram_keys[0][1])
         elif config.weight_gram > 0:
-            gram = symmetric(lambda s, t, k: self.gram_mse(s.gram, t.gram))
+            gram = self.gram_mse(*both(lambda v: v.gram))
 
         # enqueue only now: the keys of this batch must not be negatives of either symmetric term
         if self.queue is not None and self.training and config.weight_contrastive > 0:

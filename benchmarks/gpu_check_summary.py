@@ -61,6 +61,9 @@ def summarise(log_dir: str | Path, device: str | None = None) -> dict:
         "tiny_cpu_path_steps_per_s": cpu_path.get("steps_per_s"),
         "tiny_cpu_path_data_wait_fraction": cpu_path.get("data_wait_fraction"),
         "model_images_per_s": inference.get("model_images_per_s"),
+        "predict_load_s": inference.get("predict_load_s"),
+        "predict_images_per_s_after_load": inference.get("predict_images_per_s_after_load"),
+        "tiny_augment_device_ops_per_batch": gpu_path.get("augment_device_ops_per_batch"),
         "inference_ratio": inference.get("inference_ratio"),
         # where the tiny step's host time goes (bench_data.py --profile) and what each setting launches per step
         "tiny_profile": gpu_path.get("profile"),

@@ -172,6 +172,10 @@ def test_inference_predict_cli_throughput(capsys):
                       "--pipeline_batch_size", "2", "--pipeline_images", "3", "--pipeline_image_size", "24",
                       "--predict_images", "3", "--config_overrides", TINY])
     assert out["predict_images_per_s"] > 0 and out["pipeline_images_per_s"] > 0
+    assert out["predict_load_s"] > 0
+    # the loading is part of the call: the rate after it, when it can be estimated, is higher
+    assert out["predict_images_per_s_after_load"] is None or \
+        out["predict_images_per_s_after_load"] > out["predict_images_per_s"]
     assert "artstyle-predict  folder of 3 JPEG images" in capsys.readouterr().out
 
 
@@ -194,9 +198,11 @@ def test_gpu_check_summary_maps_the_benchmark_results(tmp_path):
     assert result["tiny_profile"]["kernel_launches_per_step"] == 900.0
     assert result["kernel_ops_per_step"] == {"floor": 514}
     (tmp_path / "bench_inference.json").write_text(json.dumps({"pipeline_images_per_s": 2500.0,
-                                                               "predict_images_per_s": 1600.0}))
+                                                               "predict_images_per_s": 1600.0,
+                                                               "predict_load_s": 0.8}))
     assert summary.main([str(tmp_path)]) == 0
     written = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert written["predict_load_s"] == 0.8
     assert set(summary.REQUIRED) <= set(written) and written["missing"] == []
 
 

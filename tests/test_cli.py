@@ -103,6 +103,31 @@ def test_predict_matches_the_pipeline_with_workers(classifier_dir, images):
         assert [p["score"] for p in result["predictions"]] == pytest.approx([p["score"] for p in reference], abs=1e-5)
 
 
+def test_predict_in_bfloat16_runs_the_classifier_in_that_dtype_and_stays_close(classifier_dir, images):
+    from artstyle.cli import _to_device, predict
+
+    sources = [str(images / name) for name in ("a.png", "c.png", "sub/b.jpg")]
+    full, _ = predict(sources, str(classifier_dir), top_k=3, batch_size=3, device="cpu", num_workers=0)
+    half, _ = predict(sources, str(classifier_dir), top_k=3, batch_size=3, device="cpu", num_workers=0,
+                      dtype="bfloat16")
+    scores = [[p["score"] for p in r["predictions"]] for r in full]
+    half_scores = [[p["score"] for p in r["predictions"]] for r in half]
+    assert half_scores != scores  # bfloat16 arithmetic really ran
+    for result, reference in zip(half, full):
+        by_label = {p["label"]: p["score"] for p in reference["predictions"]}
+        for prediction in result["predictions"]:
+            if prediction["label"] in by_label:
+                assert prediction["score"] == pytest.approx(by_label[prediction["label"]], abs=0.03)
+    with pytest.raises(ValueError, match="--dtype must be one of"):
+        predict(sources, str(classifier_dir), device="cpu", dtype="float64")
+    # same-shape images travel as one stack; mixed shapes one by one; both give the images back unchanged
+    same = [torch.full((3, 4, 5), v, dtype=torch.uint8) for v in (1, 2)]
+    mixed = [*same, torch.zeros(3, 2, 2, dtype=torch.uint8)]
+    for batch in (same, mixed):
+        moved = _to_device(batch, torch.device("cpu"))
+        assert len(moved) == len(batch) and all(torch.equal(a, b) for a, b in zip(moved, batch))
+
+
 def test_auto_workers_decode_in_this_process_for_few_images_and_in_parallel_for_many(monkeypatch):
     from artstyle import search
 
