@@ -243,10 +243,12 @@ class ArtStyleModel(ArtStylePreTrainedModel):
         self.backbone.load_state_dict(pretrained.state_dict())
 
     def encode(self, pixel_values: torch.Tensor, extra_layers: tuple[int, ...] = (),
-               output_hidden_states: bool = False, pooler_only: bool = False) -> _Encoded:
+               output_hidden_states: bool = False, pooler_only: bool = False, read_out: bool = True) -> _Encoded:
         """One backbone pass; the CLS tokens of ``extra_layers`` are returned for the pretraining heads.
 
         ``pooler_only``: skip the fusion / Gram modules the pooler does not read (classification, inference).
+        ``read_out=False``: skip the Gram-diagonal read-out of the `"gram_diag"` / `"cls_gram_diag"` poolers
+        (``pooler_output`` is then None): no loss reads it, so the pretraining teacher does not compute it.
         """
         backbone = self.backbone
         fused_pooler = self.config.pooler in ("fused", "fused_style")
@@ -284,6 +286,8 @@ class ArtStyleModel(ArtStylePreTrainedModel):
             output.pooler_output = cls_head
         elif pooler == "fused":
             output.pooler_output = pooled_fused
+        elif pooler in _GRAM_DIAG_POOLERS and not read_out:
+            output.pooler_output = None
         elif pooler in _GRAM_DIAG_POOLERS:
             diag = self.pool_gram_diag(by_layer[self.gram_layer][0])
             output.pooler_output = diag if pooler == "gram_diag" else torch.cat([cls_head, diag], dim=-1)
@@ -429,32 +433,43 @@ class ArtStyleForPretraining(ArtStylePreTrainedModel):
         return self
 
     # -------------------------------------------------------------------------------------------- per view
-    def _encode_views(self, views: tuple[torch.Tensor, ...], *, teacher: bool) -> list[_Encoded]:
-        """The student's (or teacher's) encoder on every view in ONE backbone pass: the views are concatenated along
-        the batch, encoded, and split again. Everything in `ArtStyleModel.encode` is per-sample (ViT blocks,
-        LayerNorms, fusion attention across one image's layers, Gram matrices), so this equals one pass per view up
-        to float rounding, with half the kernel launches, which is what bounds a small model's step. The MoCo heads
-        (BatchNorm: statistics per view, as in MoCo v3) run per view in `_view`."""
-        encoder = self.teacher["artstyle"] if teacher else self.artstyle
-        extra = tuple(self.distill_layers) if not teacher and self.distill_projector is not None else ()
-        if len(views) == 1:
-            return [encoder.encode(views[0], extra_layers=extra)]
-        return _split_encoded(encoder.encode(torch.cat(views), extra_layers=extra), len(views))
+    def _views(self, views: tuple[torch.Tensor, ...], *, teacher: bool) -> list[_View]:
+        """What every view contributes to the losses, for the student (or the teacher).
 
-    def _view(self, encoded: _Encoded, *, teacher: bool) -> _View:
+        ONE backbone pass over all views: they are concatenated along the batch, encoded, and split again. Everything
+        in `ArtStyleModel.encode` is per-sample (ViT blocks, LayerNorms, fusion attention across one image's layers,
+        Gram matrices), and so are the per-layer heads of the layer-wise contrast and the distillation, which also
+        run once on the concatenated batch. This equals one pass per view up to float rounding, with a fraction of
+        the kernel launches, which is what bounds a small model's step. Only the MoCo heads (BatchNorm: statistics
+        per view, as in MoCo v3) run once per view.
+        """
         config = self.config
+        encoder = self.teacher["artstyle"] if teacher else self.artstyle
         distill = not teacher and self.distill_projector is not None
-        view = _View(output=encoded.output)
+        extra = tuple(self.distill_layers) if distill else ()
+        count = len(views)
+        # the teacher's pooler read-out feeds no loss; the student's is returned (`pooler_output`)
+        encoded = encoder.encode(views[0] if count == 1 else torch.cat(views), extra_layers=extra,
+                                 read_out=not teacher)
+        parts = [encoded] if count == 1 else _split_encoded(encoded, count)
+        results = [_View(output=part.output) for part in parts]
         if config.weight_contrastive > 0 or (teacher and config.weight_distill > 0):
-            z = (self.teacher["projector"] if teacher else self.projector)(encoded.contrast_input)
-            view.key = F.normalize((z if teacher else self.predictor(z)).float(), dim=-1)
-        if config.weight_layerwise > 0:
-            view.layers = (self.teacher["layer_projector"] if teacher else self.layer_projector).embed(encoded.fused)
+            projector = self.teacher["projector"] if teacher else self.projector
+            for result, part in zip(results, parts):
+                z = projector(part.contrast_input)
+                result.key = F.normalize((z if teacher else self.predictor(z)).float(), dim=-1)
+        if config.weight_layerwise > 0:  # [L, count·B, P] -> count × [L, B, P]
+            layers = (self.teacher["layer_projector"] if teacher else self.layer_projector).embed(encoded.fused)
+            for result, chunk in zip(results, layers.chunk(count, dim=1)):
+                result.layers = chunk
         if distill:
-            view.distill = self.distillation(encoded.layer_cls, self.distill_projector, self.distill_predictor)
+            predictions = self.distillation(encoded.layer_cls, self.distill_projector, self.distill_predictor)
+            for result, chunk in zip(results, predictions.chunk(count, dim=1)):
+                result.distill = chunk
         if config.weight_gram > 0:
-            view.gram = encoded.output.gram
-        return view
+            for result, part in zip(results, parts):
+                result.gram = part.output.gram
+        return results
 
     # -------------------------------------------------------------------------------------------- forward
     def forward(self, pixel_values: torch.Tensor, pixel_values_2: torch.Tensor, momentum: float | None = None,
@@ -468,9 +483,9 @@ class ArtStyleForPretraining(ArtStylePreTrainedModel):
             self.update_teacher(momentum)
         config = self.config
         views = (pixel_values, pixel_values_2)
-        students = [self._view(e, teacher=False) for e in self._encode_views(views, teacher=False)]
+        students = self._views(views, teacher=False)
         with torch.no_grad():
-            teachers = [self._view(e, teacher=True) for e in self._encode_views(views, teacher=True)]
+            teachers = self._views(views, teacher=True)
         # the teacher keys of each view, gathered over processes (in-batch negatives, distillation targets)
         gathered = [_GatheredKeys(*gather_from_all(t.key)) if t.key is not None else _GatheredKeys() for t in teachers]
         pairs = [(students[0], teachers[1], gathered[1]), (students[1], teachers[0], gathered[0])]  # cross-view

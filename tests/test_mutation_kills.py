@@ -256,8 +256,8 @@ def test_in_batch_contrast_uses_the_keys_gathered_from_every_process_and_this_pr
     with torch.no_grad(), mock.patch("artstyle.modeling_artstyle.gather_from_all", fake_gather):
         out = model(x1, x2)
         # each view encoded alone (the forward encodes both in one pass)
-        student = [model._view(model._encode_views((x,), teacher=False)[0], teacher=False).key for x in (x1, x2)]
-        teacher = [model._view(model._encode_views((x,), teacher=True)[0], teacher=True).key for x in (x1, x2)]
+        student = [model._views((x,), teacher=False)[0].key for x in (x1, x2)]
+        teacher = [model._views((x,), teacher=True)[0].key for x in (x1, x2)]
     assert len(gathered_calls) == 2
     loss = SoftContrastiveLoss(config.tau_student, config.tau_teacher, 0.5, mode=mode)
     expected = (loss(student[0], teacher[1], keys=torch.cat([rank0, teacher[1]]), offset=4)

@@ -24,7 +24,7 @@ sys.path.insert(0, str(FIXTURES))
 from compat_settings import LOSS_TERMS, fixture_inputs, pretraining_steps, summarise, training_config  # noqa: E402
 
 # 3 training steps of training_config() (ViT-tiny, 2 blocks, 32 px, every component on, pooler fused_style)
-# Re-pinned on 2026-11-28, deliberately: both views now share one backbone pass (ArtStyleForPretraining._encode_views),
+# Re-pinned on 2026-11-28, deliberately: both views now share one backbone pass (ArtStyleForPretraining._views),
 # which changes float rounding only. Step 1 is equal to the old pins within 1e-7 relative, step 2 within 1e-5, and
 # step 3 within 5e-5, after two AdamW updates. The old pins: loss 7.429962158203125 / 6.856266975402832 /
 # 7.239989280700684, weight sums 4361.12866397565 / 61662.61873903022.
