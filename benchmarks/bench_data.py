@@ -17,7 +17,8 @@ For each path: (1) *alone*: images/s of ``--batches`` batches delivered as the t
 host blocked in ``next(loader)``: the workers did not keep up), and separately, for the gpu path, the fraction spent
 on the host in the augmentation call (the copy of the uint8 batch, parameter sampling and kernel launches; the
 augmentation kernels themselves run on the device as part of the step). Each step ends with a device
-synchronisation, as the loss check of ``run_pretrain.py`` does.
+synchronisation, as the loss check of ``run_pretrain.py`` does. ``--compile`` compiles the loop's model
+(``--compile_mode reduce-overhead``: CUDA graphs); its first step, the compilation, is timed apart (``first_step_s``).
 
 The last line of the output is exactly ``cpu_images_per_s=<x> gpu_images_per_s=<x> cpu_steps_per_s=<x>
 gpu_steps_per_s=<x> cpu_data_wait=<f> gpu_data_wait=<f>`` (one line)
@@ -85,6 +86,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(text): host time by operation, the data/forward/backward/optimizer split, kernel "
                              "launches and synchronisations per step.")
     parser.add_argument("--profile_steps", type=int, default=5, help="Steps profiled with --profile.")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the training loop's model (nn.Module.compile: EMA and queue inside the "
+                             "compiled forward); the warm-up steps include the compilation, timed apart.")
+    parser.add_argument("--compile_mode", default="default",
+                        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                        help="torch.compile mode for --compile (reduce-overhead: CUDA graphs).")
+    parser.add_argument("--compile_backend", default="inductor",
+                        help="torch.compile backend for --compile (eager: capture only, for tests).")
     args = parser.parse_args(argv)
     check_common_arguments(parser, args, min_batch=2)
     args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
@@ -133,6 +142,7 @@ class Batches:
     def __init__(self, path: str, split, config: ArtStyleConfig, args, cache_dir: Path):
         self.path, self.args, self.device = path, args, torch.device(args.device)
         self.epoch, self.index, self.wait, self.augment_time = 0, 0, 0.0, 0.0
+        self.first_step_s = None  # the training loop's first step (with --compile: the compilation)
         if path == "cpu":
             transform = build_ssl_transform(args.augmentation, config.image_size, config.image_mean, config.image_std)
             dataset = SeededItems(StyleImageDataset(split, transform, label_column=None), seed=args.seed)
@@ -190,6 +200,8 @@ def training_loop(batches: Batches, config: ArtStyleConfig, args,
     pretraining loop fed by ``batches``."""
     model = ArtStyleForPretraining(config).to(args.device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=True)
+    if args.compile:
+        model.compile(backend=args.compile_backend, mode=None if args.compile_mode == "default" else args.compile_mode)
 
     record = torch.profiler.record_function  # labels for --profile (no cost without a profiler)
 
@@ -207,7 +219,11 @@ def training_loop(batches: Batches, config: ArtStyleConfig, args,
         if not torch.isfinite(loss).item():  # the loss check of run_pretrain.py: one sync per step
             raise FloatingPointError("non-finite loss in the benchmark loop")
 
-    for _ in range(max(args.warmup, 1)):
+    start = time.perf_counter()
+    step()  # the first step compiles, with --compile
+    synchronize(args.device)
+    batches.first_step_s = time.perf_counter() - start
+    for _ in range(max(args.warmup, 1) - 1):
         step()
     synchronize(args.device)
     batches.wait = batches.augment_time = 0.0
@@ -290,7 +306,8 @@ def main(argv: list[str] | None = None) -> dict:
             steps_per_s, wait, augment, profile = training_loop(batches, config, args,
                                                                 args.profile if path == profiled else None)
             results[path] = {"images_per_s": images_per_s, "steps_per_s": steps_per_s, "data_wait_fraction": wait,
-                             "augment_call_fraction": augment}
+                             "augment_call_fraction": augment, "first_step_s": batches.first_step_s,
+                             "compiled": args.compile_mode if args.compile else None}
             if profile is not None:
                 results[path]["profile"] = profile
             if path == "gpu":
@@ -298,7 +315,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                        args.decode_size or default_decode_size(config.image_size)))
                 print(f"gpu  augmentation call: {results[path]['augment_ops_per_batch']} ATen operations per batch, "
                       f"{results[path]['augment_device_ops_per_batch']} of them on the device", flush=True)
-            print(f"{path:<4} data alone {images_per_s:9.1f} images/s | training loop {steps_per_s:7.2f} steps/s "
+            mode = f" (compiled, {args.compile_mode}; first step {batches.first_step_s:.1f} s)" if args.compile else ""
+            print(f"{path:<4} data alone {images_per_s:9.1f} images/s | training loop{mode} {steps_per_s:7.2f} steps/s "
                   f"({steps_per_s * args.batch_size:8.1f} images/s), waiting for data {100 * wait:5.1f} % of the time, "
                   f"copy{' + augmentation call' if path == 'gpu' else ''} {100 * augment:5.1f} %", flush=True)
     if args.json:

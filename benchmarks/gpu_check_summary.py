@@ -30,6 +30,7 @@ def summarise(log_dir: str | Path, device: str | None = None) -> dict:
     data = _load(log_dir / "bench_data.json")
     step = _load(log_dir / "bench_pretrain_step.json")
     inference = _load(log_dir / "bench_inference.json")
+    compiled_loop = _load(log_dir / "bench_data_compiled.json").get("results", {}).get("gpu", {})
     gpu_path, cpu_path = data.get("results", {}).get("gpu", {}), data.get("results", {}).get("cpu", {})
     compiled, eager = step.get("compiled_ratios", {}), step.get("ratios", {})
     if device is None:
@@ -64,6 +65,10 @@ def summarise(log_dir: str | Path, device: str | None = None) -> dict:
         "predict_load_s": inference.get("predict_load_s"),
         "predict_images_per_s_after_load": inference.get("predict_images_per_s_after_load"),
         "tiny_augment_device_ops_per_batch": gpu_path.get("augment_device_ops_per_batch"),
+        # the optional compiled tiny loop (gpu_check.sh step 6): steps/s, data wait, the compiling first step
+        "tiny_steps_per_s_compiled": compiled_loop.get("steps_per_s"),
+        "tiny_data_wait_fraction_compiled": compiled_loop.get("data_wait_fraction"),
+        "tiny_compile_first_step_s": compiled_loop.get("first_step_s"),
         "inference_ratio": inference.get("inference_ratio"),
         # where the tiny step's host time goes (bench_data.py --profile) and what each setting launches per step
         "tiny_profile": gpu_path.get("profile"),

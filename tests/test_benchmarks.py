@@ -153,6 +153,17 @@ def test_data_benchmark_profile_splits_the_step_and_counts_its_operations(tmp_pa
     assert "step/forward" in text and "aten::" in text  # the table itself
 
 
+def test_data_benchmark_compiled_loop_with_the_eager_backend(capsys):
+    # dynamo captures the training forward (EMA, queue); the eager backend keeps this CPU test fast
+    bench = load_script("bench_data")
+    out = bench.main(["--batch_size", "2", "--num_images", "4", "--source_image_size", "20", "--batches", "1",
+                      "--train_steps", "2", "--warmup", "2", "--num_workers", "0", "--config_overrides", TINY,
+                      "--paths", "gpu", "--compile", "--compile_backend", "eager"])
+    assert out["gpu"]["compiled"] == "default" and out["gpu"]["steps_per_s"] > 0
+    assert out["gpu"]["first_step_s"] > 0
+    assert "training loop (compiled, default; first step" in capsys.readouterr().out
+
+
 def test_data_benchmark_cached_gpu_path_only(capsys):
     bench = load_script("bench_data")
     out = bench.main(["--batch_size", "2", "--num_images", "4", "--source_image_size", "20", "--batches", "1",
@@ -197,6 +208,12 @@ def test_gpu_check_summary_maps_the_benchmark_results(tmp_path):
     assert result["tiny_cpu_path_steps_per_s"] == 7.5 and result["step_median_s"] == {"floor": 0.07}
     assert result["tiny_profile"]["kernel_launches_per_step"] == 900.0
     assert result["kernel_ops_per_step"] == {"floor": 514}
+    assert result["tiny_steps_per_s_compiled"] is None  # the optional compiled loop did not run
+    (tmp_path / "bench_data_compiled.json").write_text(json.dumps({"results": {"gpu": {
+        "steps_per_s": 80.0, "data_wait_fraction": 0.05, "first_step_s": 41.0, "compiled": "reduce-overhead"}}}))
+    result = summary.summarise(tmp_path, device="NVIDIA H100")
+    assert (result["tiny_steps_per_s_compiled"], result["tiny_compile_first_step_s"]) == (80.0, 41.0)
+    assert result["tiny_steps_per_s"] == 45.0  # the required key stays the eager loop's
     (tmp_path / "bench_inference.json").write_text(json.dumps({"pipeline_images_per_s": 2500.0,
                                                                "predict_images_per_s": 1600.0,
                                                                "predict_load_s": 0.8}))
