@@ -318,3 +318,37 @@ def test_ablation_report_refuses_mixed_eval_splits(tmp_path):
                                                                   "eval": "validation"}}))
     with pytest.raises(ValueError, match="different splits"):
         ablation.write_report(tmp_path)
+
+
+def test_cost_model_counts_what_a_real_step_dispatches(capsys, tmp_path):
+    """Under FakeTensorMode nothing computes, yet the counts are those of a real, warmed-up step: the same kernel
+    operations as bench_pretrain_step.py's ops/step and the same FLOPs as the flop counter on real tensors."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cost = load_script("cost_model")
+    bench = load_script("bench_pretrain_step")
+    out = cost.main(["--config_preset", "tiny", "--batch_size", "4", "--precision", "fp32", "--config_overrides", TINY,
+                     "--peak_tflops", "2", "--bandwidth_tbs", "0.5", "--kernel_us", "10", "--json",
+                     str(tmp_path / "cost.json")])
+    args = bench.parse_args(["--config_preset", "tiny", "--batch_size", "4", "--config_overrides", TINY])
+    config = bench.build_config(args)
+    views = tuple(torch.randn(4, 3, config.image_size, config.image_size) for _ in range(2))
+    for setting in (bench.floor_setting(config, views, args),
+                    bench.model_setting("full", config, views, args)):
+        setting.step()  # warm: the optimizer's state exists
+        flops = FlopCounterMode(display=False)
+        with flops:
+            setting.step()
+        counted = out["results"][setting.name]
+        assert counted["kernel_ops"] == bench.count_kernel_ops(setting)
+        assert counted["matmul_gflop"] == pytest.approx(flops.get_total_flops() / 1e9, rel=1e-9)
+        assert counted["other_gb"] > 0
+        # the device-time bound by hand: FLOPs / peak + bytes / bandwidth + operations x time per kernel
+        by_hand = (counted["matmul_gflop"] / 2e3 + counted["other_gb"] / 0.5e3 + counted["kernel_ops"] * 10e-6) * 1e3
+        assert counted["model_ms"] == pytest.approx(by_hand, rel=1e-12)
+    results = out["results"]
+    assert results["full"]["kernel_ops"] > results["baseline"]["kernel_ops"] > results["floor"]["kernel_ops"]
+    assert out["model_full_ratio"] == pytest.approx(results["full"]["model_ms"] / results["baseline"]["model_ms"])
+    assert last_line(capsys) == (f"model_floor_ratio={out['model_floor_ratio']:.3f} "
+                                 f"model_full_ratio={out['model_full_ratio']:.3f}")
+    assert json.loads((tmp_path / "cost.json").read_text())["results"]["floor"] == results["floor"]
