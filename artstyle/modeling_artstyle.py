@@ -479,9 +479,12 @@ class ArtStyleForPretraining(ArtStylePreTrainedModel):
         if pixel_values.shape != pixel_values_2.shape:
             raise ValueError("`pixel_values` and `pixel_values_2` must have the same shape (both views are encoded in "
                              f"one pass), got {tuple(pixel_values.shape)} and {tuple(pixel_values_2.shape)}")
+        config = self.config
+        # the negatives: a copy of the queue, taken eagerly (`queue_snapshot`) and FIRST, so that under torch.compile
+        # the one graph break it makes leaves the rest of the step in one graph (the enqueue below writes the buffer)
+        queue = queue_snapshot(self.queue) if self.queue is not None and config.weight_contrastive > 0 else None
         if momentum is not None and self.training:
             self.update_teacher(momentum)
-        config = self.config
         views = (pixel_values, pixel_values_2)
         students = self._views(views, teacher=False)
         with torch.no_grad():
@@ -503,7 +506,6 @@ class ArtStyleForPretraining(ArtStylePreTrainedModel):
         zero = pixel_values.new_zeros((), dtype=torch.float32)
         contrastive = layerwise = distill = gram = zero
         if config.weight_contrastive > 0:
-            queue = queue_snapshot(self.queue) if self.queue is not None else None
             if queue is not None and queue.shape[0] > 0:  # the queue: the same negatives for both halves
                 contrastive = self.soft_contrastive(*both(lambda v: v.key), negatives=queue)
             else:  # in-batch negatives: each half has its own

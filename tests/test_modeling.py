@@ -282,3 +282,36 @@ def test_views_of_different_shapes_are_refused_by_name():
     x1, x2 = _views()
     with pytest.raises(ValueError, match=r"`pixel_values` and `pixel_values_2` must have the same shape.*\(4, 3"):
         model(x1, x2[:3], momentum=0.99)
+
+
+def test_compiled_pretraining_forward_is_one_graph_and_matches_eager_with_queue_and_ema():
+    """Under torch.compile the training forward (EMA update, encoders, heads, losses, enqueue) is ONE graph: the only
+    eager piece, the queue snapshot, comes first, so nothing splits the step (what CUDA graphs need). AOTAutograd
+    (the ``aot_eager`` backend: inductor's tracing without its code generation) gives eager's losses, queue and
+    weights over steps with a changing momentum, so the snapshot is not rematerialised from the updated buffer."""
+    import copy
+
+    import torch._dynamo
+
+    torch.manual_seed(0)
+    config = tiny_config(queue_size=16)
+    eager = ArtStyleForPretraining(config).train()
+    compiled = copy.deepcopy(eager)
+    images = torch.randn(3, 2, 4, 3, config.image_size, config.image_size, generator=torch.Generator().manual_seed(0))
+    explained = torch._dynamo.explain(copy.deepcopy(eager))(pixel_values=images[0, 0], pixel_values_2=images[0, 1],
+                                                             momentum=0.99)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    compiled.compile(backend="aot_eager")
+    optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-3) for m in (eager, compiled)]
+    for step in range(3):
+        losses = []
+        for model, optimizer in zip((eager, compiled), optimizers):
+            out = model(pixel_values=images[step, 0], pixel_values_2=images[step, 1], momentum=0.99 - 0.01 * step)
+            out.loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(out.loss.item())
+        assert losses[0] == pytest.approx(losses[1], rel=1e-5), step
+        torch.testing.assert_close(compiled.queue, eager.queue, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled.teacher["artstyle"].backbone.blocks[0].attn.qkv.weight,
+                               eager.teacher["artstyle"].backbone.blocks[0].attn.qkv.weight, rtol=1e-5, atol=1e-6)
