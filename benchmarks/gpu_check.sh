@@ -150,7 +150,10 @@ EOF
 fi
 
 # --- 2. data path: tiny preset, 64 px, batch 128 (GPU augmentation vs CPU augmentation in 8 workers)
-read -r tier limit rest <<< "$(fit bench_data 120 "$DATA_MIN" $((EAGER_MIN + INFER_MIN)))"
+# on CUDA the compiled step's minimum is kept too: when time is short, bench_data runs at its lite size rather than
+# leaving no room for the compile measurement
+DATA_RESERVE=$((EAGER_MIN + INFER_MIN)); [[ "$MODE" == cuda ]] && DATA_RESERVE=$((DATA_RESERVE + COMPILE_MIN))
+read -r tier limit rest <<< "$(fit bench_data 120 "$DATA_MIN" "$DATA_RESERVE")"
 if [[ "$tier" == skip ]]; then
   skip bench_data "$limit $rest"
 else
