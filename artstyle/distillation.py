@@ -43,7 +43,8 @@ class MultiLayerSelfDistillation(nn.Module):
 
     def loss(self, predictions: torch.Tensor, teacher_keys: torch.Tensor, offset: int) -> torch.Tensor:
         """``predictions`` ``[L, B, P]``; ``teacher_keys`` ``[M, P]``: the gathered teacher keys of the other view,
-        the positive of row ``i`` at ``offset + i`` (shared by every layer)."""
+        the positive of row ``i`` at ``offset + i`` (shared by every layer). Both halves at once: ``[2, L, B, P]``
+        against ``[2, 1, M, P]``."""
         return self.nce(predictions, teacher_keys, offset)
 
 

@@ -119,12 +119,6 @@ def _gaussian_blur(x: torch.Tensor, kernel_size: int, sigma: torch.Tensor) -> to
 _JITTER_OPS = (_brightness, _contrast, _saturation, _hue)  # torchvision's fn_idx numbering
 
 
-def _to(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """A small parameter tensor from the CPU to ``device`` without waiting for the device's queued work
-    (``non_blocking`` from pageable memory is staged by the driver at once; a blocking copy would synchronise)."""
-    return tensor.to(device=device, dtype=dtype, non_blocking=True)
-
-
 class GPUTwoViewAugment:
     """Two augmented views of a uint8 batch, per-sample parameters, on the batch's device.
 

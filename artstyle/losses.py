@@ -52,9 +52,10 @@ def gather_from_all(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
 class InfoNCELoss(nn.Module):
     """InfoNCE (van den Oord et al., 2018; MoCo v3, Chen et al., 2021) with in-batch negatives.
 
-    ``query``: ``[B, D]`` or ``[L, B, D]`` (one InfoNCE per leading index ``L``, averaged);
-    ``keys``: the gathered keys ``[M, D]`` / ``[L, M, D]`` from every process; the positive of query ``i`` is key
-    ``offset + i``. Inputs are L2-normalised.
+    ``query``: ``[B, D]`` or ``[..., B, D]`` (one InfoNCE per leading index, averaged);
+    ``keys``: the gathered keys ``[M, D]`` or ``[..., M, D]`` from every process, broadcast against the query's
+    leading dimensions (``[V, 1, M, D]`` keys serve all ``L`` layers of ``[V, L, B, D]`` queries without a copy); the
+    positive of query ``i`` is key ``offset + i``. Inputs are L2-normalised.
     """
 
     def __init__(self, temperature: float):
@@ -69,8 +70,8 @@ class InfoNCELoss(nn.Module):
         targets = torch.arange(query.shape[-2], device=query.device) + offset
         if logits.dim() == 2:
             return F.cross_entropy(logits, targets)
-        num_layers = logits.shape[0]
-        return F.cross_entropy(logits.flatten(0, 1), targets.repeat(num_layers))
+        terms = logits.numel() // (logits.shape[-2] * logits.shape[-1])
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.repeat(terms))
 
 
 __all__ = ["InfoNCELoss", "SoftContrastiveLoss", "GramMSELoss", "gather_from_all"]

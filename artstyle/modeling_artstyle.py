@@ -513,10 +513,9 @@ class ArtStyleForPretraining(ArtStylePreTrainedModel):
                                                                               keys=k.keys, offset=k.offset))
         if config.weight_layerwise > 0:  # [2L, B, P]: one InfoNCE per (half, layer), averaged
             layerwise = self.layer_projector.loss(*both(lambda v: v.layers))
-        if config.weight_distill > 0:  # [2L, B, P] predictions against each half's teacher keys, [2L, M, P]
-            layers = students[0].distill.shape[0]
-            targets = torch.cat([k.keys.expand(layers, -1, -1) for _, _, k in pairs])
-            distill = self.distillation.loss(torch.cat([s.distill for s, _, _ in pairs]), targets, pairs[0][2].offset)
+        if config.weight_distill > 0:  # [2, L, B, P] predictions against each half's teacher keys [2, 1, M, P]
+            targets = torch.stack([k.keys for _, _, k in pairs]).unsqueeze(1)  # broadcast over the layers, no copy
+            distill = self.distillation.loss(torch.stack([s.distill for s, _, _ in pairs]), targets, pairs[0][2].offset)
         if config.weight_gram > 0 and config.gram_loss == "infonce":
             gram_keys = [gather_from_all(t.gram) for t in teachers]  # other images' Gram matrices: negatives
             gram = self.gram_nce(torch.stack([students[0].gram, students[1].gram]),
