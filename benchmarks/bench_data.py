@@ -156,6 +156,14 @@ class Batches:
                                              config.image_std)
         self.iterator = iter(self.loader)
 
+    def close(self) -> None:
+        """Stop the loader's workers now: persistent workers still prefetching would read the temporary images after
+        their folder is gone (857 "Skipping undecodable image" warnings in a GPU run's log)."""
+        shutdown = getattr(self.iterator, "_shutdown_workers", None)  # DataLoader's own clean-up (no public API)
+        if shutdown is not None:
+            shutdown()
+        self.iterator = None
+
     def next(self) -> dict:
         start = time.perf_counter()
         while True:
@@ -257,6 +265,17 @@ def augment_op_counts(augment: GPUTwoViewAugment, args, decode_size: int) -> dic
 
 
 LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
+PHASES = ("step/data+augment", "step/forward", "step/backward", "step/optimizer")
+
+
+def phase_host_ms(events, steps: int) -> dict[str, float]:
+    """Host milliseconds per step of each ``record_function`` phase in ``key_averages()`` ``events``.
+
+    On CUDA a range appears twice (its CPU event and a GPU user annotation with no CPU time, same key): the times are
+    summed over every event of the key (keeping one by key dropped the CPU one: all 0.0 in the first GPU profile).
+    """
+    return {name: sum(e.cpu_time_total for e in events if e.key == name) / 1e3 / steps
+            for name in PHASES if any(e.key == name for e in events)}
 
 
 def write_profile(step, args, path: str) -> dict:
@@ -273,9 +292,7 @@ def write_profile(step, args, path: str) -> dict:
     by_key = {event.key: event for event in events}
     summary = {
         "steps": steps,
-        "phase_host_ms_per_step": {name: by_key[name].cpu_time_total / 1e3 / steps
-                                   for name in ("step/data+augment", "step/forward", "step/backward", "step/optimizer")
-                                   if name in by_key},
+        "phase_host_ms_per_step": phase_host_ms(events, steps),
         "kernel_launches_per_step": sum(by_key[k].count for k in LAUNCHES if k in by_key) / steps,
         "synchronisations_per_step": sum(e.count for e in events if "Synchronize" in e.key) / steps,
         "aten_ops_per_step": sum(e.count for e in events if e.key.startswith("aten::")) / steps,
@@ -301,10 +318,13 @@ def main(argv: list[str] | None = None) -> dict:
         split = build_split(write_images(Path(folder), args.num_images, args.source_image_size, args.seed))
         profiled = "gpu" if "gpu" in args.paths else args.paths[-1]  # --profile: the GPU path when run
         for path in args.paths:
-            images_per_s = data_alone(Batches(path, split, config, args, Path(folder) / "cache"), args)
+            alone = Batches(path, split, config, args, Path(folder) / "cache")
+            images_per_s = data_alone(alone, args)
+            alone.close()
             batches = Batches(path, split, config, args, Path(folder) / "cache")
             steps_per_s, wait, augment, profile = training_loop(batches, config, args,
                                                                 args.profile if path == profiled else None)
+            batches.close()
             results[path] = {"images_per_s": images_per_s, "steps_per_s": steps_per_s, "data_wait_fraction": wait,
                              "augment_call_fraction": augment, "first_step_s": batches.first_step_s,
                              "compiled": args.compile_mode if args.compile else None}

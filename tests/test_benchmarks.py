@@ -5,6 +5,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -352,3 +353,14 @@ def test_cost_model_counts_what_a_real_step_dispatches(capsys, tmp_path):
     assert last_line(capsys) == (f"model_floor_ratio={out['model_floor_ratio']:.3f} "
                                  f"model_full_ratio={out['model_full_ratio']:.3f}")
     assert json.loads((tmp_path / "cost.json").read_text())["results"]["floor"] == results["floor"]
+
+
+def test_profile_phase_times_sum_the_cpu_event_and_the_gpu_annotation_of_a_range():
+    # on CUDA, key_averages() holds a record_function range twice under one key: the CPU event and a GPU user
+    # annotation whose cpu_time_total is 0; the phase time must be the CPU one (the first H200 profile read 0.0)
+    bench = load_script("bench_data")
+    event = SimpleNamespace
+    events = [event(key="step/forward", cpu_time_total=30_000.0), event(key="aten::mm", cpu_time_total=9.0),
+              event(key="step/forward", cpu_time_total=0.0), event(key="step/backward", cpu_time_total=0.0),
+              event(key="step/backward", cpu_time_total=50_000.0)]
+    assert bench.phase_host_ms(events, steps=5) == {"step/forward": 6.0, "step/backward": 10.0}
