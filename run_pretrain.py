@@ -35,7 +35,9 @@ from artstyle.data import StyleImageDataset, collate_skip_bad, load_style_datase
 from artstyle.fast_data import (
     CachedDecodedImages,
     DecodedImages,
+    DeviceDecodedCache,
     build_decoded_cache,
+    collate_cache_indices,
     collate_decoded,
     decoded_cache_path,
     default_decode_size,
@@ -133,6 +135,12 @@ class DataArguments:
     decoded_cache_max_gb: float = field(
         default=4.0, metadata={"help": "--decoded_cache auto: largest decoded collection to cache, in GB (10^9 "
                                        "bytes; images x 3 x decode_size^2)."})
+    decoded_cache_device: str = field(
+        default="auto", metadata={"help": "Where the decoded cache is read from: host (a memory-mapped file, batches "
+                                          "assembled by the DataLoader workers), device (the whole cache copied to "
+                                          "the training device once, batches gathered there by index: no pixels "
+                                          "per step through workers or the bus) or auto (device on CUDA when the "
+                                          "cache takes at most a quarter of the GPU's memory, else host)."})
 
 
 @dataclass
@@ -214,14 +222,20 @@ def validate_args(model_args: ModelArguments, data_args: DataArguments, train_ar
             raise ValueError(f"--{name} must be > 0, got {value}")
     choices = {"mixed_precision": ("auto", "no", "fp16", "bf16"), "optimizer": ("adamw", "lars"),
                "augmentation": ("moco_v3", "style_preserving"), "augment_on": ("auto", "cpu", "gpu"),
-               "decoded_cache": ("auto", "on", "off")}
+               "decoded_cache": ("auto", "on", "off"), "decoded_cache_device": ("auto", "host", "device")}
+    data_names = ("augmentation", "augment_on", "decoded_cache", "decoded_cache_device")
     for name, allowed in choices.items():
-        value = getattr(data_args if name in ("augmentation", "augment_on", "decoded_cache") else train_args, name)
+        value = getattr(data_args if name in data_names else train_args, name)
         if value not in allowed:
             raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {value!r}")
     if data_args.decoded_cache == "on" and data_args.augment_on == "cpu":
         raise ValueError("--decoded_cache on needs --augment_on gpu (the cache holds the decoded images of the GPU "
                          "augmentation path), got --augment_on cpu")
+    if data_args.decoded_cache_device == "device" and (data_args.decoded_cache == "off"
+                                                       or data_args.augment_on == "cpu"):
+        raise ValueError("--decoded_cache_device device needs the decoded cache (--decoded_cache auto or on, "
+                         f"--augment_on gpu or auto), got --decoded_cache {data_args.decoded_cache} and --augment_on "
+                         f"{data_args.augment_on}")
     if data_args.dataloader_num_workers < 0:
         raise ValueError(f"--dataloader_num_workers must be >= 0, got {data_args.dataloader_num_workers}")
     for name in ("dataset_options", "augmentation_options"):
@@ -332,6 +346,16 @@ def with_decoded_cache(dataset: SeededItems, data_args: DataArguments,
     return SeededItems(CachedDecodedImages(path), seed=dataset.seed), seconds
 
 
+def use_device_cache(mode: str, nbytes: int, device: torch.device) -> bool:
+    """``--decoded_cache_device``: host, device, or auto (device on CUDA when the cache's ``nbytes`` take at most a
+    quarter of the GPU's memory)."""
+    if mode != "auto":
+        return mode == "device"
+    if device.type != "cuda":
+        return False
+    return nbytes <= torch.cuda.get_device_properties(device).total_memory / 4
+
+
 def build_knn_loaders(train_split, splits, data_args: DataArguments, train_args: PretrainingArguments,
                       config: ArtStyleConfig) -> tuple[DataLoader, DataLoader, int] | None:
     """``(train, eval, num_classes)`` loaders of the --eval_every kNN (eval transform, fixed order), or None
@@ -403,12 +427,25 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
                          f"{data_args.augment_on} chose cpu on device {accelerator.device}: pass --augment_on gpu")
     dataset, collate_fn, augment = build_train_dataset(train_split, data_args, config, train_args.seed, augment_on)
     fit_queue_to_data(config, model_args, len(dataset))
-    decoded_cache, decoded_cache_s = False, None
+    decoded_cache, decoded_cache_s, device_cache, num_workers = False, None, None, data_args.dataloader_num_workers
     if augment_on == "gpu" and use_decoded_cache(data_args.decoded_cache, dataset.dataset,
                                                  data_args.decoded_cache_max_gb):
         dataset, decoded_cache_s = with_decoded_cache(dataset, data_args, accelerator)
         decoded_cache = True
-    dataloader = seeded_dataloader(dataset, train_args.per_device_train_batch_size, data_args.dataloader_num_workers,
+        cached = dataset.dataset
+        if use_device_cache(data_args.decoded_cache_device, cached.pixels.nbytes, accelerator.device):
+            device_cache = DeviceDecodedCache(cached.path, accelerator.device)
+            dataset, collate_fn = SeededItems(device_cache.dataset(), seed=dataset.seed), collate_cache_indices
+            num_workers = 0  # the loader only yields indices
+            logger.info(f"Decoded cache on {accelerator.device}: {device_cache.nbytes / 1e6:.0f} MB, batches gathered "
+                        "there by index")
+    if data_args.decoded_cache_device == "device" and device_cache is None:
+        raise ValueError(f"--decoded_cache_device device: no decoded cache is used in this run (--augment_on "
+                         f"{data_args.augment_on} chose {augment_on}, --decoded_cache {data_args.decoded_cache})")
+    if augment is not None and train_args.torch_compile:
+        # the augmentation's device part too (its outputs feed the compiled model; no CUDA graphs: see compile)
+        augment.compile(backend=train_args.torch_compile_backend)
+    dataloader = seeded_dataloader(dataset, train_args.per_device_train_batch_size, num_workers,
                                    train_args.seed, collate_fn)
     knn_loaders = None
     if train_args.eval_every:
@@ -455,7 +492,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
     start, start_step = time.perf_counter(), state.step
     schedule = functools.partial(schedule_values, total=total_steps, train_args=train_args, config=config)
     losses = PretrainLoop(accelerator, model, optimizer, dataloader, dataset, state, train_args, schedule, total_steps,
-                          num_epochs, checkpoint_dir, knn_loaders, augment).run()
+                          num_epochs, checkpoint_dir, knn_loaders, augment, decoded_cache=device_cache).run()
     runtime = time.perf_counter() - start
     checksums = gather_object([state_checksums(accelerator.unwrap_model(model))])
 
@@ -468,6 +505,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         "world_size": accelerator.num_processes,
         "augment_on": augment_on,
         "decoded_cache": decoded_cache,
+        "decoded_cache_device": None if not decoded_cache else ("device" if device_cache is not None else "host"),
         "decoded_cache_s": None if decoded_cache_s is None else round(decoded_cache_s, 3),
         "global_batch_size": train_args.per_device_train_batch_size * accelerator.num_processes
         * train_args.gradient_accumulation_steps,

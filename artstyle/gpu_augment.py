@@ -233,12 +233,21 @@ class GPUTwoViewAugment:
         changes, so the launches per view are a fixed few hundred, with no index tensor built per operation (what
         bounds a small model's step on a GPU is the number of launches, not their arithmetic).
         """
-        device = pixels.device
-        count = pixels.shape[0]
-        packed = self.pack_params(params)
+        packed = self._to_device(self.pack_params(params), pixels.device)
+        mean, std = self._stats(pixels.device)
+        return self._view(pixels, packed, view, mean, std)
+
+    @staticmethod
+    def _to_device(packed: torch.Tensor, device: torch.device) -> torch.Tensor:
         if device.type == "cuda":
             packed = packed.pin_memory()  # a truly asynchronous copy
-        packed = packed.to(device, non_blocking=True)
+        return packed.to(device, non_blocking=True)
+
+    def _view(self, pixels: torch.Tensor, packed: torch.Tensor, view: dict[str, Any], mean: torch.Tensor,
+              std: torch.Tensor) -> torch.Tensor:
+        """The device part of `apply`: tensors in, tensors out, no host reads (what `compile` compiles)."""
+        device = pixels.device
+        count = pixels.shape[0]
 
         def mask(column: int) -> torch.Tensor:
             return (packed[:, column] > 0.5).view(-1, 1, 1, 1)
@@ -265,8 +274,24 @@ class GPUTwoViewAugment:
         if view["solarize_p"] > 0:
             threshold = view["solarize_threshold"] / 255.0
             x = torch.where(mask(24) & (x >= threshold), 1.0 - x, x)
-        mean, std = self._stats(device)
         return (x - mean) / std
+
+    def _views(self, images: torch.Tensor, packed: torch.Tensor, mean: torch.Tensor,
+               std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both views of a uint8 batch from ``packed`` ``[2, B, 25]`` (the device part of ``__call__``)."""
+        pixels = images.float().div_(255.0)
+        return tuple(self._view(pixels, packed[index], view, mean, std) for index, view in enumerate(self.views))
+
+    def compile(self, **compile_kwargs: Any) -> GPUTwoViewAugment:
+        """``torch.compile`` the device part of every call (``compile_kwargs`` go to `torch.compile`); returns self.
+
+        The parameter draws and their single copy stay eager on the host; the few hundred batched operations of the
+        two views become one graph (inductor fuses the element-wise chains), which is what bounds a small model's
+        step on a GPU once the model itself is compiled. Same parameters, same views (up to float rounding).
+        ``mode="reduce-overhead"`` (CUDA graphs) is not advised here: its outputs are overwritten by the next call.
+        """
+        self._compiled_views = torch.compile(self._views, **compile_kwargs)
+        return self
 
     def _stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``mean``/``std`` on ``device``, copied there once."""
@@ -290,7 +315,10 @@ class GPUTwoViewAugment:
                     or (sizes[:, 1] > width).any():
                 raise ValueError(f"image_sizes must be [B, 2] with 1 <= (h, w) <= ({height}, {width}), got "
                                  f"{tuple(sizes.shape)}")
-        pixels = images.float().div_(255.0)
-        params = [self.sample_params(sizes, view, generator) for view in self.views]
-        view1, view2 = (self.apply(pixels, p, view) for p, view in zip(params, self.views))
+        # every number of both views, drawn in a fixed order, then ONE copy to the device
+        packed = torch.stack([self.pack_params(self.sample_params(sizes, view, generator)) for view in self.views])
+        packed = self._to_device(packed, images.device)
+        mean, std = self._stats(images.device)
+        views = getattr(self, "_compiled_views", self._views)
+        view1, view2 = views(images, packed, mean, std)
         return view1, view2

@@ -43,8 +43,10 @@ from artstyle.data import StyleImageDataset, collate_skip_bad
 from artstyle.fast_data import (
     CachedDecodedImages,
     DecodedImages,
+    DeviceDecodedCache,
     augment_generator,
     build_decoded_cache,
+    collate_cache_indices,
     collate_decoded,
     default_decode_size,
     make_two_view_batch,
@@ -78,6 +80,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--source_image_size", type=int, default=160, help="Side of the synthetic JPEG images.")
     parser.add_argument("--decode_size", type=int, default=None, help="gpu path: decoded side (default 2x image).")
     parser.add_argument("--cache", action="store_true", help="gpu path: serve a decoded uint8 cache (no decoding).")
+    parser.add_argument("--cache_on", default="auto", choices=["auto", "host", "device"],
+                        help="--cache: where the cache is read (run_pretrain.py --decoded_cache_device): host (memory-"
+                             "mapped, batches assembled by the workers), device (copied to --device once, batches "
+                             "gathered there by index, no workers) or auto (device on CUDA).")
     parser.add_argument("--batches", type=int, default=20, help="Measured batches of the data path alone.")
     parser.add_argument("--train_steps", type=int, default=20, help="Measured training steps per path.")
     parser.add_argument("--profile", default=None,
@@ -88,7 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile_steps", type=int, default=5, help="Steps profiled with --profile.")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the training loop's model (nn.Module.compile: EMA and queue inside the "
-                             "compiled forward); the warm-up steps include the compilation, timed apart.")
+                             "compiled forward) and, on the gpu path, the augmentation's device part (default mode, "
+                             "as run_pretrain.py --torch_compile); the warm-up steps include the compilation, timed "
+                             "apart.")
     parser.add_argument("--compile_mode", default="default",
                         choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
                         help="torch.compile mode for --compile (reduce-overhead: CUDA graphs).")
@@ -128,11 +136,19 @@ def build_split(paths: list[str]):
     return datasets.Dataset.from_dict({"image": paths}).cast_column("image", datasets.Image())
 
 
-def make_loader(dataset, collate_fn, args) -> torch.utils.data.DataLoader:
+def make_loader(dataset, collate_fn, args, num_workers: int | None = None) -> torch.utils.data.DataLoader:
+    workers = args.num_workers if num_workers is None else num_workers
     return torch.utils.data.DataLoader(
         dataset, batch_size=args.batch_size, sampler=EpochSeededSampler(len(dataset), seed=args.seed),
-        drop_last=True, num_workers=args.num_workers, collate_fn=collate_fn, pin_memory=args.device == "cuda",
-        persistent_workers=args.num_workers > 0, generator=torch.Generator().manual_seed(args.seed))
+        drop_last=True, num_workers=workers, collate_fn=collate_fn, pin_memory=args.device == "cuda",
+        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(args.seed))
+
+
+def cache_on(args) -> str:
+    """``--cache_on`` resolved: ``host`` or ``device`` (auto: device on CUDA, as run_pretrain.py's default)."""
+    if args.cache_on != "auto":
+        return args.cache_on
+    return "device" if torch.device(args.device).type == "cuda" else "host"
 
 
 class Batches:
@@ -143,17 +159,25 @@ class Batches:
         self.path, self.args, self.device = path, args, torch.device(args.device)
         self.epoch, self.index, self.wait, self.augment_time = 0, 0, 0.0, 0.0
         self.first_step_s = None  # the training loop's first step (with --compile: the compilation)
+        self.cache = None  # DeviceDecodedCache with --cache --cache_on device
         if path == "cpu":
             transform = build_ssl_transform(args.augmentation, config.image_size, config.image_mean, config.image_std)
             dataset = SeededItems(StyleImageDataset(split, transform, label_column=None), seed=args.seed)
             self.loader, self.augment = make_loader(dataset, collate_skip_bad, args), None
         else:
             decoded = DecodedImages(split, args.decode_size or default_decode_size(config.image_size))
-            source = CachedDecodedImages(build_decoded_cache(decoded, cache_dir, args.num_workers)) if args.cache \
-                else decoded
-            self.loader = make_loader(source, collate_decoded, args)
+            if not args.cache:
+                self.loader = make_loader(decoded, collate_decoded, args)
+            elif cache_on(args) == "device":
+                self.cache = DeviceDecodedCache(build_decoded_cache(decoded, cache_dir, args.num_workers), self.device)
+                self.loader = make_loader(self.cache.dataset(), collate_cache_indices, args, num_workers=0)
+            else:
+                cached = CachedDecodedImages(build_decoded_cache(decoded, cache_dir, args.num_workers))
+                self.loader = make_loader(cached, collate_decoded, args)
             self.augment = GPUTwoViewAugment(args.augmentation, config.image_size, config.image_mean,
                                              config.image_std)
+            if args.compile:
+                self.augment.compile(backend=args.compile_backend)
         self.iterator = iter(self.loader)
 
     def close(self) -> None:
@@ -183,7 +207,7 @@ class Batches:
                      if key in ("pixel_values", "pixel_values_2")}
         else:
             batch = make_two_view_batch(batch, self.augment, augment_generator(self.args.seed, self.epoch, self.index),
-                                        self.device)
+                                        self.device, self.cache)
         self.augment_time += time.perf_counter() - loaded
         return batch
 
@@ -312,7 +336,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"# artstyle data-path benchmark | preset={args.config_preset} image_size={config.image_size} "
           f"batch={args.batch_size} device={args.device} precision={args.precision} workers={args.num_workers} "
           f"augmentation={args.augmentation} source={args.num_images} x {args.source_image_size} px JPEG "
-          f"cache={args.cache} torch={torch.__version__} threads={torch.get_num_threads()}", flush=True)
+          f"cache={cache_on(args) if args.cache else False} compile={args.compile} torch={torch.__version__} "
+          f"threads={torch.get_num_threads()}", flush=True)
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         split = build_split(write_images(Path(folder), args.num_images, args.source_image_size, args.seed))
@@ -327,7 +352,9 @@ def main(argv: list[str] | None = None) -> dict:
             batches.close()
             results[path] = {"images_per_s": images_per_s, "steps_per_s": steps_per_s, "data_wait_fraction": wait,
                              "augment_call_fraction": augment, "first_step_s": batches.first_step_s,
-                             "compiled": args.compile_mode if args.compile else None}
+                             "compiled": args.compile_mode if args.compile else None,
+                             "augment_compiled": bool(args.compile and path == "gpu"),
+                             "cache_on": cache_on(args) if args.cache and path == "gpu" else None}
             if profile is not None:
                 results[path]["profile"] = profile
             if path == "gpu":

@@ -178,6 +178,20 @@ def test_data_benchmark_cached_gpu_path_only(capsys):
     assert 100 < gpu["augment_device_ops_per_batch"] < 500 and gpu["augment_param_ops_per_batch"] > 50
 
 
+def test_data_benchmark_device_cache_and_compiled_augmentation(capsys):
+    # the cache held on the device (here the CPU), batches gathered by index, and --compile reaching the augmentation
+    bench = load_script("bench_data")
+    common = ["--batch_size", "2", "--num_images", "4", "--source_image_size", "20", "--batches", "1",
+              "--train_steps", "1", "--warmup", "1", "--num_workers", "0", "--config_overrides", TINY,
+              "--paths", "gpu", "--cache"]
+    auto = bench.main(common)
+    assert auto["gpu"]["cache_on"] == "host" and auto["gpu"]["augment_compiled"] is False  # auto: device on CUDA
+    out = bench.main([*common, "--cache_on", "device", "--compile", "--compile_backend", "eager"])
+    assert out["gpu"]["cache_on"] == "device" and out["gpu"]["augment_compiled"] is True
+    assert out["gpu"]["steps_per_s"] > 0 and out["gpu"]["images_per_s"] > 0
+    assert "cache=device compile=True" in capsys.readouterr().out
+
+
 def test_inference_predict_cli_throughput(capsys):
     bench = load_script("bench_inference")
     out = bench.main(["--steps", "1", "--warmup", "0", "--batch_size", "2", "--pipeline_batches", "1",

@@ -158,3 +158,98 @@ def test_on_with_auto_resolving_to_cpu_names_both_flags(tmp_path):
     with pytest.raises(ValueError, match=r"--decoded_cache on needs .*--augment_on auto chose cpu"):
         run_pretrain.main(args + ["--decoded_cache", "on"])
     assert not list((tmp_path / "cache").rglob("decoded_*.npy"))
+
+
+# ------------------------------------------------------------------------------ the decoded cache on the device
+def test_device_cache_trains_like_the_host_cache(tmp_path):
+    host = run_pretrain.main(tiny_args(tmp_path, "host", "--decoded_cache", "on", "--decoded_cache_device", "host"))
+    assert host["decoded_cache_device"] == "host"
+    _reset()
+    device = run_pretrain.main(tiny_args(tmp_path, "device", "--decoded_cache", "on",
+                                         "--decoded_cache_device", "device"))
+    assert device["decoded_cache_device"] == "device"
+    # the same items in the same order, the same seeded views: the same losses and weights
+    assert device["train_loss"] == host["train_loss"]
+    assert device["replica_checksums"] == host["replica_checksums"]
+    _reset()
+    auto = run_pretrain.main(tiny_args(tmp_path, "auto", "--decoded_cache", "on"))
+    assert auto["decoded_cache_device"] == "host"  # auto: device on CUDA only
+
+
+def test_device_cache_gathers_the_cached_items_and_counts_bad_ones(tmp_path):
+    from artstyle.fast_data import DeviceDecodedCache, collate_cache_indices, make_two_view_batch
+
+    decoded = _demo_decoded(tmp_path)
+    path = build_decoded_cache(decoded)
+    sizes_path = path.with_name(path.stem + "_sizes.npy")
+    sizes = np.load(sizes_path)
+    sizes[3] = -1  # as build_decoded_cache marks an undecodable image
+    np.save(sizes_path, sizes)
+    host = CachedDecodedImages(path)
+    cache = DeviceDecodedCache(path, "cpu", chunk=5)  # chunks that do not divide the 36 images
+    assert len(cache) == 36 and cache.nbytes == 36 * 3 * 40 * 40
+    pixels, got_sizes = cache.gather(np.array([7, 0, 35]))
+    for row, index in enumerate((7, 0, 35)):
+        assert torch.equal(pixels[row], host[index]["pixel_values_uint8"])
+        assert tuple(got_sizes[row].tolist()) == host[index]["image_size"]
+    items = cache.dataset()
+    assert items[3] is None and items[4] == {"cache_index": 4}
+    batch = collate_cache_indices([items[i] for i in (2, 3, 4)])
+    assert batch["num_skipped"] == 1 and batch["cache_indices"].tolist() == [2, 4]
+    assert isinstance(batch["cache_indices"], np.ndarray)  # stays on the host under accelerate
+    assert collate_cache_indices([None, None]) is None
+    with pytest.raises(ValueError, match=r"within \[0, 36\)"):
+        cache.gather(np.array([36]))
+    with pytest.raises(ValueError, match="no DeviceDecodedCache"):
+        make_two_view_batch(batch, None, torch.Generator(), "cpu")
+    with pytest.raises(FileNotFoundError, match="nope_sizes.npy"):
+        np.save(tmp_path / "nope.npy", np.zeros((1, 3, 2, 2), np.uint8))
+        DeviceDecodedCache(tmp_path / "nope.npy", "cpu")
+
+
+def test_use_device_cache_modes():
+    cpu = torch.device("cpu")
+    assert run_pretrain.use_device_cache("device", 10**12, cpu)
+    assert not run_pretrain.use_device_cache("host", 1, cpu)
+    assert not run_pretrain.use_device_cache("auto", 1, cpu)  # auto: CUDA only
+    _, data_args, _ = run_pretrain.parse_args([])
+    assert data_args.decoded_cache_device == "auto"
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--decoded_cache_device", "gpu"], "--decoded_cache_device must be one of auto, host, device"),
+    (["--decoded_cache_device", "device", "--decoded_cache", "off"],
+     r"--decoded_cache_device device needs the decoded cache .*--decoded_cache off"),
+    (["--decoded_cache_device", "device", "--augment_on", "cpu"],
+     r"--decoded_cache_device device needs the decoded cache .*--augment_on cpu"),
+])
+def test_bad_decoded_cache_device_arguments_name_the_flags(argv, match):
+    with pytest.raises(ValueError, match=match):
+        run_pretrain.parse_args(argv)
+
+
+def test_device_cache_with_auto_resolving_to_cpu_says_why(tmp_path):
+    args = [a for a in tiny_args(tmp_path, "auto_cpu") if a not in ("--augment_on", "gpu")]
+    with pytest.raises(ValueError, match=r"--decoded_cache_device device: no decoded cache .*chose cpu"):
+        run_pretrain.main(args + ["--decoded_cache_device", "device"])
+
+
+def test_torch_compile_compiles_the_gpu_augmentation_too(tmp_path):
+    # the 'eager' backend captures with dynamo (no C++ kernels: inductor takes minutes on a CPU); same training
+    from artstyle.gpu_augment import GPUTwoViewAugment
+
+    eager = run_pretrain.main(tiny_args(tmp_path, "eager", "--decoded_cache_device", "device"))
+    calls = []
+    original = GPUTwoViewAugment.compile
+
+    def spy(self, **kwargs):
+        calls.append(kwargs)
+        return original(self, **kwargs)
+
+    _reset()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(GPUTwoViewAugment, "compile", spy)
+        compiled = run_pretrain.main(tiny_args(tmp_path, "compiled", "--decoded_cache_device", "device",
+                                               "--torch_compile", "--torch_compile_backend", "eager"))
+    assert calls == [{"backend": "eager"}]  # no CUDA-graph mode for the augmentation
+    assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-5)

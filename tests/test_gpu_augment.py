@@ -345,3 +345,26 @@ def test_launches_per_view_do_not_depend_on_the_batch_or_the_draws(preset):
             augment.apply(images, params, view)  # constants made once
             counts.add(count_ops(augment.apply, images, params, view))
         assert len(counts) == 1 and max(counts) < 300, counts
+
+
+@pytest.mark.parametrize("preset", ["moco_v3", "style_preserving"])
+def test_compiled_augmentation_is_one_graph_and_gives_the_eager_views(preset):
+    import torch._dynamo as dynamo
+
+    images = smooth_images(6, 24, seed=2)
+    eager = GPUTwoViewAugment(preset, 16, MEAN, STD)
+    sizes = torch.tensor([[24, 24], [20, 24], [24, 13], [24, 24], [9, 9], [24, 24]])
+    packed = torch.stack([eager.pack_params(eager.sample_params(sizes, view, torch.Generator().manual_seed(4)))
+                          for view in eager.views])
+    mean, std = eager._stats(images.device)
+    explained = dynamo.explain(eager._views)(images, packed, mean, std)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    dynamo.reset()
+    compiled = GPUTwoViewAugment(preset, 16, MEAN, STD).compile(backend="aot_eager")
+    for seed in (0, 1):  # a second call reuses the graph: new parameters are inputs, not constants
+        want = eager(images, torch.Generator().manual_seed(seed), image_sizes=sizes)
+        got = compiled(images, torch.Generator().manual_seed(seed), image_sizes=sizes)
+        for a, b in zip(want, got):
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+    assert not torch.equal(want[0], eager(images, torch.Generator().manual_seed(0), image_sizes=sizes)[0])
+    dynamo.reset()

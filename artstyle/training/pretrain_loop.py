@@ -52,6 +52,7 @@ class PretrainLoop:
     checkpoint_dir: Path
     knn_loaders: tuple | None = None
     augment: Any = None  # GPUTwoViewAugment for --augment_on gpu: batches arrive as uint8, views are made here
+    decoded_cache: Any = None  # DeviceDecodedCache: batches arrive as cache indices, pixels are gathered on the device
     last_losses: dict = field(default_factory=dict)
 
     def run(self) -> dict[str, float]:
@@ -108,7 +109,7 @@ class PretrainLoop:
         if self.augment is not None:  # views seeded by (seed, epoch, batch, process): the same after a resume
             generator = augment_generator(self.train_args.seed, state.epoch, state.batches_in_epoch,
                                           accelerator.process_index)
-            batch = make_two_view_batch(batch, self.augment, generator, accelerator.device)
+            batch = make_two_view_batch(batch, self.augment, generator, accelerator.device, self.decoded_cache)
         self.values = self.schedule(state.step)
         first = self._micro == 0
         if first:
