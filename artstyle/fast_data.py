@@ -317,7 +317,9 @@ class DeviceDecodedCache:
 
 class CacheIndices(torch.utils.data.Dataset):
     """Item ``i``: ``{"cache_index": i}``, or ``None`` for an image the cache could not decode (dropped and counted
-    by `collate_cache_indices`, as `collate_decoded` does)."""
+    by `collate_cache_indices`, as `collate_decoded` does). Nothing random: `SeededItems` does not seed it."""
+
+    uses_rng = False
 
     def __init__(self, sizes: np.ndarray):
         self.valid = np.asarray(sizes)[:, 0] >= 0

@@ -50,7 +50,10 @@ def seeded_rng(seed: int):
 
 class SeededItems(Dataset):
     """Wrap a map-style dataset so that item ``i`` of epoch ``e`` is produced under
-    ``seeded_rng(item_seed(seed, e, i))``. Call `set_epoch` before each epoch."""
+    ``seeded_rng(item_seed(seed, e, i))``. Call `set_epoch` before each epoch.
+
+    A dataset with ``uses_rng = False`` (`artstyle.fast_data.CacheIndices`) is read unseeded: saving, seeding and
+    restoring three generators costs ≈ 0.1 ms per item, 15 ms per 128-item batch in the main process."""
 
     def __init__(self, dataset: Dataset, seed: int):
         self.dataset = dataset
@@ -64,6 +67,8 @@ class SeededItems(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int):
+        if not getattr(self.dataset, "uses_rng", True):  # e.g. cache indices: nothing random to seed
+            return self.dataset[index]
         with seeded_rng(item_seed(self.seed, self.epoch, int(index))):
             return self.dataset[index]
 
