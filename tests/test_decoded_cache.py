@@ -147,6 +147,11 @@ def test_auto_follows_the_size_limit_and_cpu_ignores_the_option(tmp_path):
     (["--augment_on", "cpu", "--decoded_cache", "on"], r"--decoded_cache on needs --augment_on gpu.*--augment_on cpu"),
     (["--decoded_cache", "yes"], "--decoded_cache must be one of auto, on, off"),
     (["--decoded_cache_max_gb", "0"], "--decoded_cache_max_gb must be > 0"),
+    (["--decoded_cache_device", "gpu"], "--decoded_cache_device must be one of auto, host, device"),
+    (["--decoded_cache_device", "device", "--decoded_cache", "off"],
+     r"--decoded_cache_device device needs the decoded cache .*--decoded_cache off"),
+    (["--decoded_cache_device", "device", "--augment_on", "cpu"],
+     r"--decoded_cache_device device needs the decoded cache .*--augment_on cpu"),
 ])
 def test_bad_decoded_cache_arguments_name_the_flags(argv, match):
     with pytest.raises(ValueError, match=match):
@@ -214,18 +219,6 @@ def test_use_device_cache_modes():
     assert not run_pretrain.use_device_cache("auto", 1, cpu)  # auto: CUDA only
     _, data_args, _ = run_pretrain.parse_args([])
     assert data_args.decoded_cache_device == "auto"
-
-
-@pytest.mark.parametrize("argv, match", [
-    (["--decoded_cache_device", "gpu"], "--decoded_cache_device must be one of auto, host, device"),
-    (["--decoded_cache_device", "device", "--decoded_cache", "off"],
-     r"--decoded_cache_device device needs the decoded cache .*--decoded_cache off"),
-    (["--decoded_cache_device", "device", "--augment_on", "cpu"],
-     r"--decoded_cache_device device needs the decoded cache .*--augment_on cpu"),
-])
-def test_bad_decoded_cache_device_arguments_name_the_flags(argv, match):
-    with pytest.raises(ValueError, match=match):
-        run_pretrain.parse_args(argv)
 
 
 def test_device_cache_with_auto_resolving_to_cpu_says_why(tmp_path):
