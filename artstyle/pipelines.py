@@ -20,11 +20,11 @@ Same inputs, arguments and outputs as ``ImageClassificationPipeline``; only wher
 * ``_forward`` rescales and normalises the whole batch at once on the model's device with the processor's own
   ``rescale_and_normalize`` (the same float32 arithmetic as the processor) and casts it to the model's dtype, as the
   stock ``preprocess`` does per image.
-* ``postprocess`` picks the ``top_k`` scores with ``torch.topk`` instead of building, and sorting, a dict for every
-  label.
+* ``postprocess`` computes the scores with the stock pipeline's own numpy ``softmax`` / ``sigmoid`` and builds dicts
+  for the ``top_k`` best labels only (one stable ``argsort``), instead of a dict for every label, sorted.
 
 The pixel values the model sees are those of the stock pipeline (the same resize of the same uint8 image, the same
-normalisation); scores agree within float32 rounding of the softmax. It needs the torchvision backend of the image
+normalisation), and the scores are computed by the same functions. It needs the torchvision backend of the image
 processor (``ViTImageProcessor``, what artstyle saves); with another processor use the stock pipeline.
 """
 
@@ -36,7 +36,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from transformers import BatchFeature, ImageClassificationPipeline
 from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_utils import load_image
-from transformers.pipelines.image_classification import ClassificationFunction
+from transformers.pipelines.image_classification import ClassificationFunction, sigmoid, softmax
 
 
 class ArtStyleImageClassificationPipeline(ImageClassificationPipeline):
@@ -49,6 +49,9 @@ class ArtStyleImageClassificationPipeline(ImageClassificationPipeline):
                 f"{type(self).__name__} needs a torchvision-backend image processor (e.g. ViTImageProcessor), got "
                 f"{type(self.image_processor).__name__}; use the stock pipeline(\"image-classification\") instead"
             )
+        # read once: a config attribute costs microseconds per access, and postprocess runs once per image
+        self._function = self._default_function()
+        self._id2label = dict(self.model.config.id2label)
 
     def preprocess(self, image, timeout=None):
         if isinstance(image, (np.ndarray, torch.Tensor)):
@@ -64,9 +67,10 @@ class ArtStyleImageClassificationPipeline(ImageClassificationPipeline):
 
     def _forward(self, model_inputs):
         processor = self.image_processor
+        mean, std = (None if value is None else tuple(value) for value in (processor.image_mean, processor.image_std))
         pixel_values = processor.rescale_and_normalize(
             model_inputs["pixel_values"], processor.do_rescale, processor.rescale_factor, processor.do_normalize,
-            tuple(processor.image_mean), tuple(processor.image_std),
+            mean, std,
         )
         return self.model(pixel_values=pixel_values.to(self.dtype))
 
@@ -82,19 +86,18 @@ class ArtStyleImageClassificationPipeline(ImageClassificationPipeline):
         return ClassificationFunction(getattr(config, "function_to_apply", "none"))
 
     def postprocess(self, model_outputs, function_to_apply=None, top_k=5):
-        function = self._default_function() if function_to_apply is None else function_to_apply
-        logits = model_outputs["logits"][0].float()
+        function = self._function if function_to_apply is None else function_to_apply
+        outputs = model_outputs["logits"][0].float().numpy()
         if function == ClassificationFunction.SIGMOID:
-            scores = logits.sigmoid()
+            scores = sigmoid(outputs)
         elif function == ClassificationFunction.SOFTMAX:
-            scores = logits.softmax(dim=-1)
+            scores = softmax(outputs)
         elif function == ClassificationFunction.NONE:
-            scores = logits
+            scores = outputs
         else:
             raise ValueError(f"Unrecognized `function_to_apply` argument: {function}")
-        values, indices = scores.topk(min(top_k, scores.numel()))
-        id2label = self.model.config.id2label
-        return [{"label": id2label[i], "score": v} for i, v in zip(indices.tolist(), values.tolist())]
+        best = np.argsort(-scores, kind="stable")[:top_k]  # the stock pipeline's order, ties included
+        return [{"label": self._id2label[i], "score": v} for i, v in zip(best.tolist(), scores[best].tolist())]
 
 
 __all__ = ["ArtStyleImageClassificationPipeline"]
