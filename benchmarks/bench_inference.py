@@ -5,12 +5,17 @@
    (``reset_classifier(num_labels)``), on the same input tensor, eval mode, ``torch.no_grad()``, measurements
    interleaved, median of ``--steps`` after ``--warmup``.
 2. End to end: a randomly initialised classifier and ``build_image_processor(config)`` (the fast, torchvision-based
-   ``ViTImageProcessor``) are saved to a temporary folder, loaded by
-   ``transformers.pipeline("image-classification", model=folder, dtype=--pipeline_dtype)`` and fed
-   ``--pipeline_images`` random PIL images (``--pipeline_image_size`` px, decoded RGB; default: one batch) in batches
-   of ``--pipeline_batch_size``, preprocessed by ``--pipeline_workers`` DataLoader workers (the pipeline's
-   ``num_workers``; 0 = in the main process); images/s = images / median seconds per call over
-   ``--pipeline_batches`` calls. ``--precision`` applies to the model-forward comparison only.
+   ``ViTImageProcessor``) are saved to a temporary folder and loaded twice, by
+   ``transformers.pipeline("image-classification", model=folder, dtype=--pipeline_dtype)`` (the stock
+   ``ImageClassificationPipeline``: ``pipeline_images_per_s``) and by the same call with
+   ``pipeline_class=artstyle.pipelines.ArtStyleImageClassificationPipeline`` (the recommended one:
+   ``artstyle_pipeline_images_per_s``). Both are fed ``--pipeline_images`` random PIL images (``--pipeline_image_size``
+   px, decoded RGB; default: one batch) in batches of ``--pipeline_batch_size``, preprocessed by
+   ``--pipeline_workers`` DataLoader workers (the pipeline's ``num_workers``; 0 = in the main process); images/s =
+   images / median seconds per call over ``--pipeline_batches`` calls of each, interleaved. ``--precision`` applies to
+   the model-forward comparison only. The host side of both (preprocess, collate, pickle, unbatch, postprocess: all
+   but ``_forward``) is also timed in CPU time per image on one batch (``pipeline_host_us_per_image``), a measure that
+   means something on a CPU-only machine too.
 3. ``--predict_images N``: the same folder through ``artstyle-predict`` (``artstyle.cli.predict_main`` called in this
    process: image listing, decoding, pipeline, JSON output; ``--dtype`` from ``--pipeline_dtype``) on a folder of N
    JPEG files; images/s = N / wall time of the call, model loading included. The loading alone (classifier in that
@@ -111,23 +116,73 @@ def random_images(count: int, size: int, seed: int) -> list[Image.Image]:
     return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), mode="RGB") for _ in range(count)]
 
 
-def pipeline_throughput(folder: str, args: argparse.Namespace) -> tuple[float, list[float]]:
+PIPELINES = {"stock": "transformers' ImageClassificationPipeline (plain pipeline(\"image-classification\"))",
+             "artstyle": "pipeline(..., pipeline_class=ArtStyleImageClassificationPipeline)"}
+
+
+def build_pipelines(folder: str, args: argparse.Namespace) -> dict:
+    """The stock pipeline and the recommended one (`artstyle.pipelines`), same folder, device and dtype."""
     from transformers import pipeline
 
-    classifier = pipeline("image-classification", model=folder, device=args.device, dtype=DTYPES[args.pipeline_dtype])
+    from artstyle.pipelines import ArtStyleImageClassificationPipeline
+
+    options = {"model": folder, "device": args.device, "dtype": DTYPES[args.pipeline_dtype]}
+    return {"stock": pipeline("image-classification", **options),
+            "artstyle": pipeline("image-classification", pipeline_class=ArtStyleImageClassificationPipeline,
+                                 **options)}
+
+
+def pipeline_throughput(pipelines: dict, args: argparse.Namespace) -> tuple[dict, dict]:
+    """``({name: images/s}, {name: seconds per call})``, calls of the pipelines interleaved."""
     images = random_images(args.pipeline_images or args.pipeline_batch_size, args.pipeline_image_size, args.seed)
     options = {"batch_size": args.pipeline_batch_size, "num_workers": args.pipeline_workers}
-    classifier(images[: args.pipeline_batch_size], **options)  # warm-up
-    seconds = []
+    for classifier in pipelines.values():
+        classifier(images[: args.pipeline_batch_size], **options)  # warm-up
+    seconds = {name: [] for name in pipelines}
     for _ in range(args.pipeline_batches):
-        synchronize(args.device)
-        start = time.perf_counter()
-        predictions = classifier(images, **options)
-        synchronize(args.device)
-        seconds.append(time.perf_counter() - start)
-    if len(predictions) != len(images):
-        raise RuntimeError(f"pipeline returned {len(predictions)} predictions for {len(images)} images")
-    return len(images) / statistics.median(seconds), seconds
+        for name, classifier in pipelines.items():
+            synchronize(args.device)
+            start = time.perf_counter()
+            predictions = classifier(images, **options)
+            synchronize(args.device)
+            seconds[name].append(time.perf_counter() - start)
+            if len(predictions) != len(images):
+                raise RuntimeError(f"{name} pipeline returned {len(predictions)} predictions for {len(images)} images")
+    return {name: len(images) / statistics.median(values) for name, values in seconds.items()}, seconds
+
+
+def pipeline_host_us_per_image(pipelines: dict, args: argparse.Namespace, repeats: int = 5) -> dict:
+    """CPU microseconds per image of each pipeline's host-side stages, run one after the other in this process on one
+    batch: ``preprocess`` of every image (the DataLoader workers' work), the collation and the pickling of the batch
+    (workers), and the unbatching and ``postprocess`` of the outputs (main process). ``_forward`` (the model, and the
+    artstyle pipeline's batch normalisation, which runs on the model's device) is left out. One torch thread (as in
+    a DataLoader worker) and process CPU time, so that other load on the machine counts less than in wall time;
+    pipelines interleaved, median of ``repeats``."""
+    from multiprocessing.reduction import ForkingPickler
+
+    from transformers.pipelines.base import pad_collate_fn
+    from transformers.pipelines.pt_utils import PipelineIterator
+
+    images = random_images(args.pipeline_batch_size, args.pipeline_image_size, args.seed)
+    count = len(images)
+    spent = {name: [] for name in pipelines}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    for _ in range(repeats):
+        for name, classifier in pipelines.items():
+            collate = pad_collate_fn(None, classifier.image_processor)
+            start = time.process_time()
+            batch = collate([classifier.preprocess(image) for image in images])
+            bytes(ForkingPickler.dumps(batch))
+            host = time.process_time() - start
+            outputs = classifier.forward(batch)
+            start = time.process_time()
+            items = PipelineIterator([outputs], lambda unbatched: unbatched, {}, loader_batch_size=count)
+            for item in items:
+                classifier.postprocess(item)
+            spent[name].append(host + time.process_time() - start)
+    torch.set_num_threads(threads)
+    return {name: 1e6 * statistics.median(values) / count for name, values in spent.items()}
 
 
 PREDICT_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -197,12 +252,21 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         ArtStyleForImageClassification(config).save_pretrained(folder)
         build_image_processor(config).save_pretrained(folder)
-        images_per_s, seconds = pipeline_throughput(folder, args)
+        pipelines = build_pipelines(folder, args)
+        pipeline_rates, pipeline_seconds = pipeline_throughput(pipelines, args)
+        images_per_s, seconds = pipeline_rates["stock"], pipeline_seconds["stock"]
         count = args.pipeline_images or args.pipeline_batch_size
-        print(f"pipeline  {count} PIL images ({args.pipeline_image_size} px) per call, batch "
-              f"{args.pipeline_batch_size}, {args.pipeline_workers} workers, {args.pipeline_dtype}: "
-              f"median {statistics.median(seconds):.4f} s over {len(seconds)} calls = {images_per_s:.1f} images/s "
-              f"(bare model: {args.batch_size / medians['timm']:.1f} images/s at --precision {args.precision})")
+        for name, rate in pipeline_rates.items():
+            print(f"pipeline {name:<8} {count} PIL images ({args.pipeline_image_size} px) per call, batch "
+                  f"{args.pipeline_batch_size}, {args.pipeline_workers} workers, {args.pipeline_dtype}: median "
+                  f"{statistics.median(pipeline_seconds[name]):.4f} s over {len(pipeline_seconds[name])} calls = "
+                  f"{rate:.1f} images/s [{PIPELINES[name]}] (bare model: {args.batch_size / medians['timm']:.1f} "
+                  f"images/s at --precision {args.precision})")
+        host = pipeline_host_us_per_image(pipelines, args)
+        host_ratio = host["stock"] / host["artstyle"]
+        print(f"pipeline host side (preprocess + collate + pickle + unbatch + postprocess, CPU time, model excluded): "
+              f"stock {host['stock']:.0f} us/image, artstyle {host['artstyle']:.0f} us/image, "
+              f"stock/artstyle {host_ratio:.2f}")
         if args.predict_images:
             predict_images_per_s, load_seconds = predict_throughput(folder, args)
             remaining = args.predict_images / predict_images_per_s - load_seconds
@@ -219,10 +283,15 @@ def main(argv: list[str] | None = None) -> dict:
                        "model_images_per_s": args.batch_size / medians["timm"],
                        "artstyle_images_per_s": args.batch_size / medians["artstyle"],
                        "pipeline_seconds": seconds, "pipeline_images_per_s": images_per_s,
+                       "pipeline_images_per_s_measures": PIPELINES["stock"],
+                       "artstyle_pipeline_images_per_s": pipeline_rates["artstyle"],
+                       "artstyle_pipeline_seconds": pipeline_seconds["artstyle"],
+                       "pipeline_host_us_per_image": host, "pipeline_host_ratio": host_ratio,
                        "predict_images_per_s": predict_images_per_s, "predict_load_s": load_seconds,
                        "predict_images_per_s_after_load": predict_after_load}, handle, indent=2)
     print(f"inference_ratio={ratio:.3f} pipeline_images_per_s={images_per_s:.1f}", flush=True)
     return {"inference_ratio": ratio, "pipeline_images_per_s": images_per_s,
+            "artstyle_pipeline_images_per_s": pipeline_rates["artstyle"], "pipeline_host_us_per_image": host,
             "predict_images_per_s": predict_images_per_s, "predict_load_s": load_seconds,
             "predict_images_per_s_after_load": predict_after_load}
 

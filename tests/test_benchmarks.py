@@ -76,11 +76,15 @@ def test_inference_last_line(capsys):
     bench = load_script("bench_inference")
     out = bench.main(["--steps", "1", "--warmup", "0", "--batch_size", "2", "--pipeline_batches", "1",
                       "--pipeline_batch_size", "2", "--pipeline_image_size", "40"])
-    line = last_line(capsys)
+    printed = capsys.readouterr().out
+    line = printed.strip().splitlines()[-1]
     match = re.fullmatch(r"inference_ratio=(\d+\.\d{3}) pipeline_images_per_s=(\d+\.\d)", line)
     assert match, line
     assert float(match.group(1)) == pytest.approx(out["inference_ratio"], abs=5e-4)
-    assert out["pipeline_images_per_s"] > 0
+    assert out["pipeline_images_per_s"] > 0 and out["artstyle_pipeline_images_per_s"] > 0
+    host = out["pipeline_host_us_per_image"]
+    assert set(host) == {"stock", "artstyle"} and min(host.values()) > 0
+    assert "pipeline stock " in printed and "pipeline artstyle " in printed and "pipeline host side" in printed
 
 
 TINY = json.dumps({"backbone_depth": 1, "image_size": 16})

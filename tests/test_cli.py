@@ -163,3 +163,35 @@ def test_predict_defaults_to_auto_workers(classifier_dir, images, monkeypatch):
     assert created == [2] and len(results) == 3  # 3 images > 2 batches of 1: min(8, 3 - 1) workers
     cli.predict(sources, str(classifier_dir), top_k=1, batch_size=2, device="cpu")
     assert created[-1] == 0  # 3 images fit in two batches of 2: decoded here
+
+
+def test_predict_batches_stacked_mixed_and_all_broken_keep_order_and_scores(classifier_dir, images):
+    """Worker-stacked batches, a batch of mixed sizes (a list) and one with only broken files: every image keeps its
+    place and the pipeline's scores, the broken ones are reported."""
+    from transformers import pipeline
+
+    from artstyle.cli import _collate_decoded, _to_device, predict
+
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (50, 20, 3), dtype=np.uint8)).save(images / "d.png")
+    (images / "broken2.jpg").write_bytes(b"not a jpeg")
+    names = ["a.png", "broken.png", "broken2.jpg", "c.png", "d.png", "sub/b.jpg"]
+    sources = [str(images / name) for name in names]
+    results, errors = predict(sources, str(classifier_dir), top_k=3, batch_size=2, device="cpu", num_workers=2)
+    assert [e["path"] for e in errors] == [sources[1], sources[2]]  # batch 2: nothing to classify
+    good = [sources[i] for i in (0, 3, 4, 5)]  # batch 3 mixes 24x36 and 50x20 images
+    assert [r["path"] for r in results] == good
+    classifier = pipeline("image-classification", model=str(classifier_dir), device="cpu")
+    for result, reference in zip(results, classifier([Image.open(s).convert("RGB") for s in good], top_k=3)):
+        assert [p["label"] for p in result["predictions"]] == [p["label"] for p in reference]
+        assert [p["score"] for p in result["predictions"]] == pytest.approx([p["score"] for p in reference], abs=1e-5)
+    # the workers' collation: one stacked tensor for same-size images, a list otherwise, errors kept with their index
+    same = [(0, torch.zeros(3, 4, 5, dtype=torch.uint8), None), (1, None, "bad"),
+            (2, torch.ones(3, 4, 5, dtype=torch.uint8), None)]
+    batch = _collate_decoded(same)
+    assert batch.indices == [0, 2] and batch.errors == [(1, "bad")]
+    assert isinstance(batch.images, torch.Tensor) and batch.images.shape == (2, 3, 4, 5)
+    mixed = _collate_decoded([*same, (3, torch.zeros(3, 2, 2, dtype=torch.uint8), None)])
+    assert isinstance(mixed.images, list) and [tuple(i.shape) for i in mixed.images] == [(3, 4, 5)] * 2 + [(3, 2, 2)]
+    assert _collate_decoded([(0, None, "bad")]) == ([], [], [(0, "bad")])
+    moved = _to_device(batch.images, torch.device("cpu"))
+    assert len(moved) == 2 and torch.equal(moved[1], same[2][1])

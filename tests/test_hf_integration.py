@@ -116,3 +116,47 @@ def test_pipelines_on_a_saved_folder(pretrain_dir, tmp_path):
     assert predictions[0]["label"] == labels[int(logits.argmax())]
     features = pipeline("image-feature-extraction", model=str(folder))(image, pool=True)
     assert np.asarray(features).shape == (1, 192)
+
+
+def test_artstyle_pipeline_class_gives_the_stock_pipeline_predictions(pretrain_dir, tmp_path):
+    """``pipeline(..., pipeline_class=ArtStyleImageClassificationPipeline)``: uint8 until the model, same answers."""
+    from artstyle.pipelines import ArtStyleImageClassificationPipeline
+
+    folder, _ = pretrain_dir
+    classifier = ArtStyleForImageClassification.from_pretrained(folder, num_labels=5)
+    classifier.save_pretrained(tmp_path / "clf")
+    processor = build_image_processor(classifier.config)
+    processor.save_pretrained(tmp_path / "clf")
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 256, (40 + 3 * i, 57 - i, 3), dtype=np.uint8)) for i in range(5)]
+    images.append(Image.fromarray(rng.integers(0, 256, (30, 30), dtype=np.uint8)))  # grey: load_image makes RGB
+    stock = pipeline("image-classification", model=str(tmp_path / "clf"))
+    fast = pipeline("image-classification", model=str(tmp_path / "clf"),
+                    pipeline_class=ArtStyleImageClassificationPipeline)
+    assert type(stock).__name__ == "ImageClassificationPipeline"  # the plain call keeps the stock class
+    assert isinstance(fast, ArtStyleImageClassificationPipeline)
+    # the worker's output: the processor's resize, still uint8
+    pixels = fast.preprocess(images[0])["pixel_values"]
+    assert pixels.dtype == torch.uint8
+    assert torch.equal(pixels, processor(images[0], do_rescale=False, do_normalize=False,
+                                         return_tensors="pt")["pixel_values"])
+    array = np.array(images[1])
+    assert torch.equal(fast.preprocess(array)["pixel_values"], fast.preprocess(images[1])["pixel_values"])
+    for kwargs in ({"top_k": 3}, {"top_k": 9, "function_to_apply": "sigmoid"}, {"function_to_apply": "none"}):
+        expected = stock(images, batch_size=4, **kwargs)
+        got = fast(images, batch_size=4, num_workers=2, **kwargs)
+        assert len(got) == len(images)
+        for row, reference in zip(got, expected):
+            assert [p["label"] for p in row] == [p["label"] for p in reference]
+            assert [p["score"] for p in row] == pytest.approx([p["score"] for p in reference], abs=1e-5)
+    single = fast(images[0])  # one image, no batching
+    assert [p["label"] for p in single] == [p["label"] for p in stock(images[0])]
+    bf16 = pipeline("image-classification", model=str(tmp_path / "clf"), dtype=torch.bfloat16,
+                    pipeline_class=ArtStyleImageClassificationPipeline)
+    assert bf16.model.dtype == torch.bfloat16
+    scores = [p["score"] for p in bf16(images[0], top_k=5)]
+    assert scores == sorted(scores, reverse=True) and sum(scores) == pytest.approx(1.0, abs=0.02)
+    with pytest.raises(ValueError, match="torchvision-backend"):
+        pipeline("image-classification", model=str(tmp_path / "clf"),
+                 image_processor=build_image_processor(classifier.config, backend="pil"),
+                 pipeline_class=ArtStyleImageClassificationPipeline)
