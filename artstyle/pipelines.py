@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torchvision.transforms.functional import pil_to_tensor
 from transformers import BatchFeature, ImageClassificationPipeline
-from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_utils import load_image
 from transformers.pipelines.image_classification import ClassificationFunction, sigmoid, softmax
+
+from .processing import keeps_uint8, normalize_batch, resize_uint8
 
 
 class ArtStyleImageClassificationPipeline(ImageClassificationPipeline):
@@ -44,7 +44,7 @@ class ArtStyleImageClassificationPipeline(ImageClassificationPipeline):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if not isinstance(self.image_processor, TorchvisionBackend):
+        if not keeps_uint8(self.image_processor):
             raise ValueError(
                 f"{type(self).__name__} needs a torchvision-backend image processor (e.g. ViTImageProcessor), got "
                 f"{type(self.image_processor).__name__}; use the stock pipeline(\"image-classification\") instead"
@@ -57,21 +57,11 @@ class ArtStyleImageClassificationPipeline(ImageClassificationPipeline):
         if isinstance(image, (np.ndarray, torch.Tensor)):
             return self.image_processor(images=image, do_rescale=False, do_normalize=False, return_tensors="pt")
         # a PIL image (or a path / URL): the processor's own resize and crop steps, without its per-call validation
-        processor = self.image_processor
-        pixels = pil_to_tensor(load_image(image, timeout=timeout)).unsqueeze(0)
-        if processor.do_resize:
-            pixels = processor.resize(pixels, size=processor.size, resample=processor.resample)
-        if processor.do_center_crop:
-            pixels = processor.center_crop(pixels, processor.crop_size)
-        return BatchFeature({"pixel_values": pixels})
+        pixels = resize_uint8(self.image_processor, load_image(image, timeout=timeout))
+        return BatchFeature({"pixel_values": pixels[None]})
 
     def _forward(self, model_inputs):
-        processor = self.image_processor
-        mean, std = (None if value is None else tuple(value) for value in (processor.image_mean, processor.image_std))
-        pixel_values = processor.rescale_and_normalize(
-            model_inputs["pixel_values"], processor.do_rescale, processor.rescale_factor, processor.do_normalize,
-            mean, std,
-        )
+        pixel_values = normalize_batch(self.image_processor, model_inputs["pixel_values"])
         return self.model(pixel_values=pixel_values.to(self.dtype))
 
     def _default_function(self) -> ClassificationFunction:

@@ -57,4 +57,39 @@ def preprocess_on_device(image_processor, images: Sequence, device: str | torch.
     return pixel_values if device is None else pixel_values.to(device)
 
 
-__all__ = ["BACKENDS", "build_image_processor", "preprocess_on_device"]
+def keeps_uint8(image_processor) -> bool:
+    """True when ``image_processor`` is a torchvision-backend processor, whose steps `resize_uint8` and
+    `normalize_batch` split: resize (and crop) the uint8 image where it is decoded, rescale and normalise the batch on
+    the model's device (4x fewer bytes to move than float32, and one batched normalisation)."""
+    from transformers.image_processing_backends import TorchvisionBackend
+
+    return isinstance(image_processor, TorchvisionBackend)
+
+
+def resize_uint8(image_processor, image) -> torch.Tensor:
+    """uint8 ``[3, H, W]``: an RGB PIL image resized (and centre-cropped, if configured) by the processor's own
+    ``resize`` / ``center_crop`` (the first steps of its ``__call__``, without its per-call validation), not yet
+    rescaled or normalised. Safe in DataLoader workers; `normalize_batch` finishes a stack of these."""
+    from torchvision.transforms.functional import pil_to_tensor
+
+    pixels = pil_to_tensor(image).unsqueeze(0)
+    if image_processor.do_resize:
+        pixels = image_processor.resize(pixels, size=image_processor.size, resample=image_processor.resample)
+    if image_processor.do_center_crop:
+        pixels = image_processor.center_crop(pixels, image_processor.crop_size)
+    return pixels[0]
+
+
+def normalize_batch(image_processor, pixels: torch.Tensor, device: str | torch.device | None = None) -> torch.Tensor:
+    """float32 ``pixel_values`` of a uint8 batch ``[B, 3, H, W]`` from `resize_uint8`, rescaled and normalised on
+    ``device`` with the processor's own ``rescale_and_normalize`` (the same float32 arithmetic as its ``__call__``)."""
+    if device is not None:
+        pixels = pixels.to(device, non_blocking=True)
+    mean, std = (None if value is None else tuple(value)
+                 for value in (image_processor.image_mean, image_processor.image_std))
+    return image_processor.rescale_and_normalize(pixels, image_processor.do_rescale, image_processor.rescale_factor,
+                                                 image_processor.do_normalize, mean, std)
+
+
+__all__ = ["BACKENDS", "build_image_processor", "keeps_uint8", "normalize_batch", "preprocess_on_device",
+           "resize_uint8"]

@@ -45,6 +45,7 @@ import torch
 from filelock import FileLock, Timeout
 
 from artstyle.data.common import IMAGE_EXTENSIONS, is_image_file
+from artstyle.processing import keeps_uint8, normalize_batch, resize_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +139,10 @@ class StyleEmbedder:
 
     @torch.no_grad()
     def embed_pixels(self, pixel_values: torch.Tensor) -> np.ndarray:
-        """``[B, D]`` float32 unit vectors for a batch of preprocessed images ``[B, C, H, W]``."""
+        """``[B, D]`` float32 unit vectors for a batch of preprocessed images ``[B, C, H, W]``: float pixel values,
+        or uint8 ones from `artstyle.processing.resize_uint8`, rescaled and normalised here on the model's device."""
+        if pixel_values.dtype == torch.uint8:
+            pixel_values = normalize_batch(self.image_processor, pixel_values, self.device)
         pooled = self.model(pixel_values=pixel_values.to(self.device)).pooler_output.float()
         return torch.nn.functional.normalize(pooled, dim=1).cpu().numpy().astype(np.float32)
 
@@ -556,17 +560,23 @@ def _file_stat(path: Path) -> tuple[int, int]:
 
 
 class _ImageFiles(torch.utils.data.Dataset):
-    """Decodes and preprocesses images for a DataLoader; a bad file gives its error instead."""
+    """Decodes images for a DataLoader; a bad file gives its error instead. With a torchvision-backend processor the
+    workers only resize to uint8 (`resize_uint8`) and `StyleEmbedder.embed_pixels` normalises the batch on the
+    model's device; otherwise they run the whole processor."""
 
     def __init__(self, root: Path, relatives: Sequence[str], image_processor):
         self.root, self.relatives, self.image_processor = root, list(relatives), image_processor
+        self.uint8 = keeps_uint8(image_processor)
 
     def __len__(self) -> int:
         return len(self.relatives)
 
     def __getitem__(self, i: int):
         try:
-            return i, _preprocess(self.image_processor, load_image(self.root / self.relatives[i])), None
+            image = load_image(self.root / self.relatives[i])
+            if self.uint8:
+                return i, resize_uint8(self.image_processor, image), None
+            return i, _preprocess(self.image_processor, image), None
         except (ValueError, OSError) as err:
             return i, None, str(err)
 

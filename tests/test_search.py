@@ -177,3 +177,23 @@ def test_similar_cli_rebuilds_a_damaged_index(model_dir, collection, capsys, cap
     result = json.loads(capsys.readouterr().out)
     assert result["update"]["rebuilt"] and result["update"]["added"] == 6
     assert str(damaged) in caplog.text
+
+
+def test_index_workers_ship_uint8_and_the_device_side_normalisation_gives_the_processor_embeddings(
+        model_dir, collection):
+    # the torchvision processor's steps are split: workers resize to uint8, embed_pixels normalises the batch on the
+    # model's device; the result must be the processor's own (embed() runs it whole on PIL images)
+    from artstyle.search import _ImageFiles
+
+    embedder = StyleEmbedder(str(model_dir), batch_size=4, device="cpu")
+    names = ["w0.png", "nested/n0.jpg"]
+    files = _ImageFiles(collection, names, embedder.image_processor)
+    _, pixels, error = files[0]
+    assert error is None and str(pixels.dtype) == "torch.uint8"
+    assert tuple(pixels.shape) == (3, 32, 32)  # resized to the model's image size, not yet normalised
+    index, _ = update_index(collection, embedder, num_workers=2)
+    reference = embedder.embed([Image.open(collection / name).convert("RGB") for name in index.paths])
+    np.testing.assert_allclose(index.embeddings, reference, atol=1e-5)
+    # a PIL-backend processor has no split steps: its workers still run the whole processor (float32)
+    pil_files = _ImageFiles(collection, names, build_image_processor(embedder.model.config, backend="pil"))
+    assert str(pil_files[0][1].dtype) == "torch.float32"
