@@ -19,6 +19,7 @@ in float32 instead of rounding to uint8 after each one.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -30,6 +31,8 @@ from torchvision.ops import roi_align
 from .transforms import _check_stats, _image_size_pair, blur_kernel_size, ssl_view_settings
 
 __all__ = ["GPUTwoViewAugment", "resolve_augment_on"]
+
+logger = logging.getLogger(__name__)
 
 _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 
@@ -291,7 +294,25 @@ class GPUTwoViewAugment:
         ``mode="reduce-overhead"`` (CUDA graphs) is not advised here: its outputs are overwritten by the next call.
         """
         self._compiled_views = torch.compile(self._views, **compile_kwargs)
+        self._compiled_checked = False  # the first call compiles; a failure there falls back to eager (a warning)
         return self
+
+    def _run_views(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        compiled = getattr(self, "_compiled_views", None)
+        if compiled is None:
+            return self._views(*inputs)
+        if self._compiled_checked:
+            return compiled(*inputs)
+        try:
+            views = compiled(*inputs)
+        except Exception as err:  # any compiler failure: the augmentation is an optimisation, training goes on
+            cause = getattr(err, "inner_exception", None) or err.__cause__ or err  # dynamo wraps the backend's error
+            logger.warning("torch.compile of the GPU augmentation failed (%s: %s: %s); it runs eagerly from now on",
+                           type(err).__name__, type(cause).__name__, cause)
+            del self._compiled_views
+            return self._views(*inputs)
+        self._compiled_checked = True
+        return views
 
     def _stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``mean``/``std`` on ``device``, copied there once."""
@@ -319,6 +340,5 @@ class GPUTwoViewAugment:
         packed = torch.stack([self.pack_params(self.sample_params(sizes, view, generator)) for view in self.views])
         packed = self._to_device(packed, images.device)
         mean, std = self._stats(images.device)
-        views = getattr(self, "_compiled_views", self._views)
-        view1, view2 = views(images, packed, mean, std)
+        view1, view2 = self._run_views(images, packed, mean, std)
         return view1, view2

@@ -368,3 +368,21 @@ def test_compiled_augmentation_is_one_graph_and_gives_the_eager_views(preset):
             torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
     assert not torch.equal(want[0], eager(images, torch.Generator().manual_seed(0), image_sizes=sizes)[0])
     dynamo.reset()
+
+
+def test_a_failing_augmentation_compile_falls_back_to_eager_with_a_warning(caplog):
+    def broken_backend(graph_module, example_inputs):
+        raise RuntimeError("no kernels for this device")
+
+    images = smooth_images(4, 20, seed=1)
+    eager = GPUTwoViewAugment("moco_v3", 16, MEAN, STD)(images, torch.Generator().manual_seed(0))
+    augment = GPUTwoViewAugment("moco_v3", 16, MEAN, STD).compile(backend=broken_backend)
+    with caplog.at_level("WARNING", logger="artstyle.gpu_augment"):
+        views = augment(images, torch.Generator().manual_seed(0))
+    assert "torch.compile of the GPU augmentation failed" in caplog.text and "no kernels" in caplog.text
+    assert all(torch.equal(a, b) for a, b in zip(views, eager))
+    caplog.clear()
+    augment(images, torch.Generator().manual_seed(1))  # eager from now on: no second attempt, no second warning
+    assert not hasattr(augment, "_compiled_views") and "failed" not in caplog.text
+    import torch._dynamo as dynamo
+    dynamo.reset()
