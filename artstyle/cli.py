@@ -23,6 +23,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 from transformers.utils import logging as hf_logging
 
 from artstyle.plots import plot_contact_sheet
+from artstyle.processing import preprocess_on_device
 from artstyle.search import (
     StyleEmbedder,
     build_index,
@@ -213,9 +214,9 @@ def predict(
 
     def launch(batch: _DecodedBatch) -> tuple[list[int], torch.Tensor, torch.Tensor]:
         """Copy, preprocess and classify one batch (queued, asynchronous on an accelerator)."""
-        inputs = processor(images=_to_device(batch.images, device), return_tensors="pt", device=device)
+        pixel_values = preprocess_on_device(processor, _to_device(batch.images, device), device)
         with torch.no_grad():
-            logits = classifier(pixel_values=inputs["pixel_values"].to(PREDICT_DTYPES[dtype])).logits.float()
+            logits = classifier(pixel_values=pixel_values.to(PREDICT_DTYPES[dtype])).logits.float()
         scores = logits.sigmoid() if multi_label else logits.softmax(dim=-1)
         return (batch.indices, *scores.topk(top_k, dim=-1))
 
