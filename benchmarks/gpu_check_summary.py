@@ -5,8 +5,12 @@ Reads ``bench_data.json``, ``bench_pretrain_step.json`` and ``bench_inference.js
 ``floor_ratio``, ``full_ratio``, ``compile_speedup``, ``floor_peak_fraction``, ``pipeline_images_per_s``,
 ``predict_images_per_s``) plus details. ``pipeline_images_per_s`` is the stock ``ImageClassificationPipeline``'s; the
 recommended ``pipeline_class=ArtStyleImageClassificationPipeline`` is ``artstyle_pipeline_images_per_s``.
-``floor_ratio``/``full_ratio`` are the compiled mode's (``ratio_mode``), the eager ones are kept as ``*_eager``. A part
-that did not run leaves its keys ``null``, listed under ``missing``; the exit status is 1 then.
+``floor_ratio``/``full_ratio`` are the compiled mode's (``ratio_mode``), the eager ones are kept as ``*_eager``.
+Likewise ``tiny_steps_per_s``/``tiny_data_wait_fraction`` are the compiled tiny loop's (``gpu_check.sh`` step 6, the
+mode a GPU user picks with ``run_pretrain.py --torch_compile``) when it ran, else the eager loop's; ``tiny_mode`` names
+which, and the eager loop's are always kept as ``*_eager``.
+A part that did not run leaves its keys ``null``, listed under
+``missing``; the exit status is 1 then.
 """
 
 from __future__ import annotations
@@ -38,10 +42,13 @@ def summarise(log_dir: str | Path, device: str | None = None) -> dict:
         import torch
 
         device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    # the tiny loop's reported mode, as for the ratios: compiled when that loop ran, else eager
+    tiny = compiled_loop if compiled_loop.get("steps_per_s") is not None else gpu_path
+    tiny_mode = f"compiled ({compiled_loop.get('compiled') or 'default'})" if tiny is compiled_loop else "eager"
     summary = {
         "device": device,
-        "tiny_steps_per_s": gpu_path.get("steps_per_s"),
-        "tiny_data_wait_fraction": gpu_path.get("data_wait_fraction"),
+        "tiny_steps_per_s": tiny.get("steps_per_s"),
+        "tiny_data_wait_fraction": tiny.get("data_wait_fraction"),
         "floor_ratio": compiled.get("floor_ratio"),
         "full_ratio": compiled.get("full_ratio"),
         "compile_speedup": step.get("compile_speedup"),
@@ -49,6 +56,9 @@ def summarise(log_dir: str | Path, device: str | None = None) -> dict:
         "pipeline_images_per_s": inference.get("pipeline_images_per_s"),  # the stock ImageClassificationPipeline
         "predict_images_per_s": inference.get("predict_images_per_s"),
         "ratio_mode": "compiled",
+        "tiny_mode": tiny_mode,
+        "tiny_steps_per_s_eager": gpu_path.get("steps_per_s"),
+        "tiny_data_wait_fraction_eager": gpu_path.get("data_wait_fraction"),
         "floor_ratio_eager": eager.get("floor_ratio"),
         "full_ratio_eager": eager.get("full_ratio"),
         "memory_ratio_eager": eager.get("memory_ratio"),

@@ -228,11 +228,15 @@ def test_gpu_check_summary_maps_the_benchmark_results(tmp_path):
     assert result["tiny_profile"]["kernel_launches_per_step"] == 900.0
     assert result["kernel_ops_per_step"] == {"floor": 514}
     assert result["tiny_steps_per_s_compiled"] is None  # the optional compiled loop did not run
+    assert (result["tiny_mode"], result["tiny_steps_per_s_eager"]) == ("eager", 45.0)
     (tmp_path / "bench_data_compiled.json").write_text(json.dumps({"results": {"gpu": {
         "steps_per_s": 80.0, "data_wait_fraction": 0.05, "first_step_s": 41.0, "compiled": "reduce-overhead"}}}))
     result = summary.summarise(tmp_path, device="NVIDIA H100")
     assert (result["tiny_steps_per_s_compiled"], result["tiny_compile_first_step_s"]) == (80.0, 41.0)
-    assert result["tiny_steps_per_s"] == 45.0  # the required key stays the eager loop's
+    # as for the ratios, the required tiny keys are the compiled loop's when it ran; the eager ones stay beside them
+    assert (result["tiny_steps_per_s"], result["tiny_data_wait_fraction"]) == (80.0, 0.05)
+    assert result["tiny_mode"] == "compiled (reduce-overhead)"
+    assert (result["tiny_steps_per_s_eager"], result["tiny_data_wait_fraction_eager"]) == (45.0, 0.04)
     (tmp_path / "bench_inference.json").write_text(json.dumps({"pipeline_images_per_s": 2500.0,
                                                                "predict_images_per_s": 1600.0,
                                                                "predict_load_s": 0.8}))
