@@ -44,15 +44,25 @@ PINNED_FIXTURE_LOSSES = dict(loss=5.933119297027588, loss_contrastive=2.82656431
                              loss_gram=1.6483925580978394)
 PINNED_FIXTURE_SUMS = dict(last_hidden_state=-1.5196972526609898e-05, pooler_output=-1.1968338534934446,
                            style_embedding=0.028479796135798097, gram=-1.4476143009960651)
+# The signed sum of last_hidden_state nearly cancels (its rounding, about 1e-5, is as large as the sum), so its
+# magnitude is pinned too. Added in the tenth session from this code, whose other fixture sums match the old pins above
+# within 1e-6 relative.
+PINNED_FIXTURE_ABS_SUMS = dict(last_hidden_state=3479.018451613316)
+# Per-step relative tolerance of the 3 training steps. Step 0 is a forward of the same weights: equal within 2e-7 on
+# every host seen. Each AdamW update then amplifies float rounding (its normalised step turns near-zero gradients of
+# either sign into steps of about the learning rate), so later steps differ by host: on an AVX2-only host (tenth
+# session) step 1 by 6.5e-5, step 2 by 6.3e-4, the weight sums by 5.1e-5 relative. The tolerances keep about 5x that.
+STEP_REL_TOLERANCE = (1e-5, 3e-4, 3e-3)
+WEIGHT_REL_TOLERANCE = 3e-4
 
 
 def test_three_pretraining_steps_reproduce_the_pinned_losses_and_weights():
     result = pretraining_steps(ArtStyleForPretraining, training_config())
-    for step, (got, pinned) in enumerate(zip(result["losses"], PINNED_STEPS)):
+    for step, (got, pinned, rel) in enumerate(zip(result["losses"], PINNED_STEPS, STEP_REL_TOLERANCE, strict=True)):
         for name in LOSS_TERMS:
-            assert got[name] == pytest.approx(pinned[name], rel=1e-5), (step, name)
-    assert result["weight_sum"] == pytest.approx(PINNED_WEIGHT_SUM, rel=1e-5)
-    assert result["weight_abs_sum"] == pytest.approx(PINNED_WEIGHT_ABS_SUM, rel=1e-5)
+            assert got[name] == pytest.approx(pinned[name], rel=rel), (step, name)
+    assert result["weight_sum"] == pytest.approx(PINNED_WEIGHT_SUM, rel=WEIGHT_REL_TOLERANCE)
+    assert result["weight_abs_sum"] == pytest.approx(PINNED_WEIGHT_ABS_SUM, rel=WEIGHT_REL_TOLERANCE)
     assert (result["queue_ptr"], result["state_keys"]) == (PINNED_QUEUE_PTR, PINNED_STATE_KEYS)
 
 
@@ -83,7 +93,12 @@ def test_old_checkpoint_loads_into_model_and_classifier_with_pinned_outputs():
     with torch.no_grad():
         out = base(x)
     for name, pinned in PINNED_FIXTURE_SUMS.items():
-        assert float(getattr(out, name).double().sum()) == pytest.approx(pinned, rel=1e-4, abs=1e-5), name
+        values = getattr(out, name).double()
+        # a sum's rounding scales with the magnitudes summed, not with the (cancelling) result
+        tolerance = 1e-6 * float(values.abs().sum())
+        assert float(values.sum()) == pytest.approx(pinned, rel=1e-4, abs=tolerance), name
+    for name, pinned in PINNED_FIXTURE_ABS_SUMS.items():
+        assert float(getattr(out, name).double().abs().sum()) == pytest.approx(pinned, rel=1e-5), name
     classifier, info = _load(ArtStyleForImageClassification, num_labels=3)
     assert set(info["missing_keys"]) == {"classifier.weight", "classifier.bias"}  # the new head only
     assert not info["mismatched_keys"]

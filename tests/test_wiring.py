@@ -155,7 +155,9 @@ def test_contrastive_negatives_are_the_queue_before_the_forward_and_view2_teache
     ring = queue_before.clone()
     for j, slot in enumerate([21, 22, 23, 0, 1]):
         ring[slot] = keys[j]
-    torch.testing.assert_close(model.queue, ring, rtol=1e-5, atol=1e-6)
+    # atol 1e-5: the reference keys come from a separate forward, whose float rounding differs by host (2.8e-6 seen on
+    # an AVX2-only host); a wrong slot or a batch-1 key differs by orders of magnitude more (unit-norm keys)
+    torch.testing.assert_close(model.queue, ring, rtol=1e-5, atol=1e-5)
     assert int(model.queue_ptr) == 2
 
 
@@ -263,7 +265,9 @@ def test_gram_is_taken_from_gram_layer(depth, gram_layer):
         out = model(x)
     prefix = model.backbone.num_prefix_tokens
     expected = refs.gram(model.gram, blocks[gram_layer % depth][:, prefix:])
-    torch.testing.assert_close(out.gram.double(), expected, rtol=1e-4, atol=1e-6)
+    # atol 1e-5: float32 rounding of the forward differs by host (1.6e-6 seen on an AVX2-only host); another block
+    # differs by more than 1e-3 (below)
+    torch.testing.assert_close(out.gram.double(), expected, rtol=1e-4, atol=1e-5)
     other = refs.gram(model.gram, blocks[(gram_layer + 1) % depth][:, prefix:])
     assert (other - expected).abs().max() > 1e-3  # another block gives another Gram
 
