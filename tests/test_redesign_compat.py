@@ -113,11 +113,14 @@ def _git(*args):
 
 def _start_steps(package_root: Path) -> subprocess.Popen:
     code = ("import sys, json; sys.path.insert(0, sys.argv[1]); from compat_settings import *; "
-            "from artstyle import ArtStyleForPretraining; "
-            "print(json.dumps(pretraining_steps(ArtStyleForPretraining, training_config())))")
+            "import artstyle; from artstyle import ArtStyleForPretraining; "
+            "print(json.dumps({**pretraining_steps(ArtStyleForPretraining, training_config()), "
+            "'artstyle_file': artstyle.__file__}))")
     env = {"PYTHONPATH": str(package_root), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    return subprocess.Popen([sys.executable, "-c", code, str(FIXTURES)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    # cwd = the tree under test: `python -c` puts the working directory first on sys.path, before PYTHONPATH, so from
+    # the repository root both processes would import this checkout's artstyle (they did until the tenth session)
+    return subprocess.Popen([sys.executable, "-c", code, str(FIXTURES)], env=env, cwd=package_root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _result(process: subprocess.Popen) -> str:
@@ -126,17 +129,36 @@ def _result(process: subprocess.Popen) -> str:
     return stdout.strip().splitlines()[-1]
 
 
-def test_same_seed_gives_bit_identical_losses_and_weights_as_the_pre_redesign_revision(tmp_path):
-    """Runs the 3 steps with the code of tag ``pre-redesign`` and with this checkout (two processes, same settings):
-    exactly equal loss terms and weight sums."""
+# the commit of tag ``pre-redesign`` (tags do not travel with every clone; the commit is in main's history)
+PRE_REDESIGN = "798f5d035d678ae5fadc2f3d6b5d3eddafcb56bd"
+# Old code against this checkout on the same host. Step 0 is the same forward; since 2026-11-28 both views share one
+# backbone pass, which changes float rounding only, and two AdamW updates amplify it (tenth session, same host: step
+# 0 within 7e-8 relative, step 1 within 8e-6, step 2 within 8e-5, weight sums within 2.2e-6).
+SAME_HOST_STEP_REL_TOLERANCE = (1e-6, 1e-4, 1e-3)
+
+
+def test_same_seed_gives_the_losses_and_weights_of_the_pre_redesign_revision(tmp_path):
+    """Runs the 3 steps with the code of ``PRE_REDESIGN`` and with this checkout (two processes, same settings, same
+    host): equal loss terms and weight sums within float rounding, the same queue pointer and state-dict size. Each
+    process reports the file its artstyle came from, so the two trees are known to differ."""
     root = Path(__file__).parents[1]
-    if shutil.which("git") is None or _git("rev-parse", "--verify", "-q", "pre-redesign^{commit}").returncode != 0:
-        pytest.skip("git tag `pre-redesign` is not in this clone (shallow CI clone): the pinned-number test covers it")
-    archive = subprocess.run(["git", "archive", "pre-redesign", "artstyle"], cwd=root, capture_output=True,
+    if shutil.which("git") is None or _git("cat-file", "-e", f"{PRE_REDESIGN}^{{commit}}").returncode != 0:
+        pytest.skip(f"commit {PRE_REDESIGN[:7]} (tag pre-redesign) is not in this clone (a shallow clone): the "
+                    "pinned-number test covers it")
+    archive = subprocess.run(["git", "archive", PRE_REDESIGN, "artstyle"], cwd=root, capture_output=True,
                              check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive, check=True)
-    old, new = _start_steps(tmp_path), _start_steps(root)
-    assert _result(old) == _result(new)
+    old_process, new_process = _start_steps(tmp_path), _start_steps(root)
+    old, new = json.loads(_result(old_process)), json.loads(_result(new_process))
+    assert Path(old["artstyle_file"]).resolve().is_relative_to(tmp_path.resolve()), old["artstyle_file"]
+    assert Path(new["artstyle_file"]).resolve().is_relative_to(root.resolve()), new["artstyle_file"]
+    for step, (before, after, rel) in enumerate(zip(old["losses"], new["losses"], SAME_HOST_STEP_REL_TOLERANCE,
+                                                    strict=True)):
+        for name in LOSS_TERMS:
+            assert after[name] == pytest.approx(before[name], rel=rel), (step, name)
+    for name in ("weight_sum", "weight_abs_sum"):
+        assert new[name] == pytest.approx(old[name], rel=5e-5), name
+    assert (new["queue_ptr"], new["state_keys"]) == (old["queue_ptr"], old["state_keys"])
 
 
 def test_a_config_saved_before_gram_loss_existed_keeps_the_paper_mse_and_new_ones_default_to_infonce(tmp_path):
