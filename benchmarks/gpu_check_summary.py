@@ -8,9 +8,8 @@ recommended ``pipeline_class=ArtStyleImageClassificationPipeline`` is ``artstyle
 ``floor_ratio``/``full_ratio`` are the compiled mode's (``ratio_mode``), the eager ones are kept as ``*_eager``.
 Likewise ``tiny_steps_per_s``/``tiny_data_wait_fraction`` are the compiled tiny loop's (``gpu_check.sh`` step 6, the
 mode a GPU user picks with ``run_pretrain.py --torch_compile``) when it ran, else the eager loop's; ``tiny_mode`` names
-which, and the eager loop's are always kept as ``*_eager``.
-A part that did not run leaves its keys ``null``, listed under
-``missing``; the exit status is 1 then.
+which, and the eager loop's are always kept as ``*_eager``. A part that did not run leaves its keys ``null``, listed
+under ``missing``; the exit status is 1 then.
 """
 
 from __future__ import annotations

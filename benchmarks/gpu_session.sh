@@ -272,7 +272,8 @@ EOF
   else echo "(no summary.txt: the check phase did not run)"; fi
   if [[ -f "$CHECK_DIR/gpu_check.json" ]]; then
     "$PY" -c "import json,sys; s=json.load(open(sys.argv[1])); print('gpu_check.json:', {k: s.get(k) for k in \
-('device','tiny_mode','tiny_steps_per_s','tiny_data_wait_fraction','tiny_steps_per_s_eager','floor_ratio','full_ratio','floor_ratio_eager','full_ratio_eager',\
+('device','tiny_mode','tiny_steps_per_s','tiny_data_wait_fraction','tiny_steps_per_s_eager',\
+'floor_ratio','full_ratio','floor_ratio_eager','full_ratio_eager',\
 'compile_speedup','floor_peak_fraction','pipeline_images_per_s','predict_images_per_s')}); print('missing:', s.get('missing'))" \
       "$CHECK_DIR/gpu_check.json" 2>&1
   fi
