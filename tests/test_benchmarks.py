@@ -255,6 +255,9 @@ def test_gpu_check_summary_maps_the_benchmark_results(tmp_path):
     ("bench_inference", ["--pipeline_images", "0"], "--pipeline_images must be >= 1"),
     ("bench_data", ["--paths", "cpu,tpu"], "--paths must be a comma-separated subset"),
     ("bench_data", ["--num_images", "4", "--batch_size", "8"], "--num_images (4) must be >= --batch_size (8)"),
+    ("demo_positives", ["--eval_every", "0"], "--eval_every must be >= 1"),
+    ("demo_positives", ["--config_overrides", "{"], "--config_overrides is not valid JSON"),
+    ("demo_positives", ["--positives", "labels"], "invalid choice: 'labels'"),
 ])
 def test_benchmark_argument_errors_name_the_option(script, argv, message, capsys):
     bench = load_script(script)
@@ -262,6 +265,43 @@ def test_benchmark_argument_errors_name_the_option(script, argv, message, capsys
         bench.parse_args(argv)
     assert error.value.code == 2
     assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- demo positives
+def test_demo_positives_partners_follow_the_rule():
+    bench = load_script("demo_positives")
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2])
+    batch = torch.arange(9)
+    generator = torch.Generator().manual_seed(0)
+    assert torch.equal(bench.partners(labels, batch, "same", generator), batch)
+    for _ in range(20):
+        style = bench.partners(labels, batch, "same_style", generator)
+        assert torch.equal(labels[style], labels) and bool((style != batch).all())
+    drawn = torch.stack([bench.partners(labels, batch, "random", generator) for _ in range(50)])
+    assert bool((drawn != batch).all())
+    assert bool((labels[drawn] != labels).any())  # a random partner may have another style
+
+
+def test_demo_positives_scores_validation_and_never_renders_test(tmp_path, monkeypatch):
+    bench = load_script("demo_positives")
+    from artstyle.data.common import split_fractions, stratified_split
+    from artstyle.data.demo import demo_labels
+
+    rendered = []
+    render = bench.render_demo_image
+    monkeypatch.setattr(bench, "render_demo_image", lambda *a: rendered.append(a[2]) or render(*a))
+    output = tmp_path / "records.jsonl"
+    records = bench.main(["--positives", "same_style", "--steps", "2", "--eval_every", "1", "--num_images", "60",
+                          "--batch_size", "4", "--config_overrides", '{"backbone_depth": 1}',
+                          "--output", str(output)])
+    parts = stratified_split(demo_labels(60), split_fractions(0.15, 0.15), seed=0)
+    assert sorted(rendered) == sorted(parts["train"] + parts["validation"])
+    assert not set(rendered) & set(parts["test"])
+    assert [r["step"] for r in records] == [0, 1, 2] and "loss" not in records[0]
+    assert all(0.0 <= r[k] <= 1.0 for r in records for k in ("knn", "linear_probe"))
+    n = len(parts["validation"])  # a score is a whole number of validation images
+    assert all(abs(r[k] * n - round(r[k] * n)) < 1e-4 for r in records for k in ("knn", "linear_probe"))
+    assert [json.loads(line) for line in output.read_text().splitlines()] == records
 
 
 # ---------------------------------------------------------------------------------------------- ablation
