@@ -38,12 +38,17 @@ def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Names
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda given but torch.cuda.is_available() is False")
     if args.config_overrides is not None:
-        try:
-            overrides = json.loads(args.config_overrides)
-        except json.JSONDecodeError as error:
-            parser.error(f"--config_overrides is not valid JSON: {error}")
-        if not isinstance(overrides, dict):
-            parser.error("--config_overrides must be a JSON object")
+        check_config_overrides(parser, args.config_overrides)
+
+
+def check_config_overrides(parser: argparse.ArgumentParser, value: str) -> None:
+    """``parser.error`` unless ``--config_overrides`` is a JSON object."""
+    try:
+        overrides = json.loads(value)
+    except json.JSONDecodeError as error:
+        parser.error(f"--config_overrides is not valid JSON: {error}")
+    if not isinstance(overrides, dict):
+        parser.error("--config_overrides must be a JSON object")
 
 
 def config_overrides(args: argparse.Namespace) -> dict:

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,6 +42,9 @@ from artstyle.gpu_augment import GPUTwoViewAugment
 from artstyle.modeling_artstyle import ArtStyleForPretraining
 from artstyle.training.optim import build_optimizer, param_groups_no_decay, set_learning_rate
 from artstyle.training.schedules import cosine_lr, momentum_schedule
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import check_config_overrides  # noqa: E402
 
 POSITIVES = ("same", "same_style", "random")
 
@@ -63,12 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("steps", "eval_every", "batch_size", "num_images"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    try:
-        overrides = json.loads(args.config_overrides)
-    except json.JSONDecodeError as error:
-        parser.error(f"--config_overrides is not valid JSON: {error}")
-    if not isinstance(overrides, dict):
-        parser.error("--config_overrides must be a JSON object")
+    check_config_overrides(parser, args.config_overrides)
     return args
 
 
