@@ -131,7 +131,7 @@ def main(argv=None) -> list[dict]:
 
     def log(record):
         record.update(positives=args.positives, seed=args.seed, optimizer=args.optimizer, lr=args.learning_rate,
-                      seconds=round(time.perf_counter() - start, 1))
+                      total_steps=args.steps, seconds=round(time.perf_counter() - start, 1))
         records.append(record)
         print(json.dumps(record), flush=True)
         if args.output:

@@ -298,6 +298,7 @@ def test_demo_positives_scores_validation_and_never_renders_test(tmp_path, monke
     assert sorted(rendered) == sorted(parts["train"] + parts["validation"])
     assert not set(rendered) & set(parts["test"])
     assert [r["step"] for r in records] == [0, 1, 2] and "loss" not in records[0]
+    assert {(r["positives"], r["total_steps"], r["seed"]) for r in records} == {("same_style", 2, 0)}
     assert all(0.0 <= r[k] <= 1.0 for r in records for k in ("knn", "linear_probe"))
     n = len(parts["validation"])  # a score is a whole number of validation images
     assert all(abs(r[k] * n - round(r[k] * n)) < 1e-4 for r in records for k in ("knn", "linear_probe"))
