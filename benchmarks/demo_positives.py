@@ -15,6 +15,12 @@ rendered. Step 0 is the random encoder that ``run_finetune.py --model_name_or_pa
   bound on what changing the demo's pairs could do at this budget;
 - ``random``: a random other train image (no signal at all): how far the optimisation alone moves the features.
 
+``--objective supervised`` replaces the self-supervised objective by the labels themselves: a linear head on
+``pooler_output`` trained with cross-entropy on one augmented view per image, with the same optimiser, schedule and
+augmentation (``--positives`` must stay ``same``). This is the upper bound of all upper bounds: if even training on
+the labels for the demo's budget does not lift the frozen read-out above the random encoder's, no pretraining
+objective can at that budget.
+
 Both views come from the package's own augmentation (`artstyle.gpu_augment.GPUTwoViewAugment`, which runs on the
 CPU too), preset ``--augmentation``. One JSON line per evaluation on stdout and in ``--output``.
 
@@ -47,11 +53,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import check_config_overrides  # noqa: E402
 
 POSITIVES = ("same", "same_style", "random")
+OBJECTIVES = ("self_supervised", "supervised")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--positives", default="same", choices=POSITIVES)
+    parser.add_argument("--objective", default="self_supervised", choices=OBJECTIVES,
+                        help="self_supervised (the model's pretraining loss) or supervised (labels, cross-entropy)")
     parser.add_argument("--steps", type=int, default=104, help="optimisation steps (the demo's default run: 104)")
     parser.add_argument("--eval_every", type=int, default=26)
     parser.add_argument("--batch_size", type=int, default=32)
@@ -69,6 +78,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     check_config_overrides(parser, args.config_overrides)
+    if args.objective == "supervised" and args.positives != "same":
+        parser.error(f"--positives {args.positives} applies to --objective self_supervised only (a supervised step "
+                     "reads one view and its label)")
     return args
 
 
@@ -96,6 +108,11 @@ def partners(labels: torch.Tensor, batch: torch.Tensor, positives: str, generato
     return torch.tensor(out)
 
 
+def supervised_loss(model, views: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``--objective supervised``: cross-entropy of the linear head on the encoder's read-out of ``views``."""
+    return F.cross_entropy(model.classifier(model.artstyle(views).pooler_output), labels)
+
+
 @torch.no_grad()
 def evaluate(model, augment, train, val, step: int, loss: float | None, seed: int) -> dict:
     model.eval()
@@ -121,7 +138,13 @@ def main(argv=None) -> list[dict]:
     torch.manual_seed(args.seed)
     config = ArtStyleConfig.tiny(queue_size=210, **json.loads(args.config_overrides))  # as run_pretrain lowers it
     model = ArtStyleForPretraining(config).train()
-    optimizer = build_optimizer(param_groups_no_decay(model, args.weight_decay), args.optimizer,
+    trained = model
+    if args.objective == "supervised":  # the encoder and a linear head on its read-out; no pretraining heads
+        with torch.no_grad():
+            dim = model.artstyle(torch.zeros(1, 3, config.image_size, config.image_size)).pooler_output.shape[-1]
+        model.classifier = torch.nn.Linear(dim, len(DEMO_STYLES))
+        trained = torch.nn.ModuleDict({"artstyle": model.artstyle, "classifier": model.classifier})
+    optimizer = build_optimizer(param_groups_no_decay(trained, args.weight_decay), args.optimizer,
                                 lr=args.learning_rate)
     augment = GPUTwoViewAugment(args.augmentation, config.image_size, config.image_mean, config.image_std)
     train = render_split("train", args.num_images, config.image_size)
@@ -130,7 +153,8 @@ def main(argv=None) -> list[dict]:
     records, losses, order, start = [], [], torch.empty(0, dtype=torch.long), time.perf_counter()
 
     def log(record):
-        record.update(positives=args.positives, seed=args.seed, optimizer=args.optimizer, lr=args.learning_rate,
+        record.update(objective=args.objective, positives=args.positives, seed=args.seed, optimizer=args.optimizer,
+                      lr=args.learning_rate,
                       total_steps=args.steps, seconds=round(time.perf_counter() - start, 1))
         records.append(record)
         print(json.dumps(record), flush=True)
@@ -144,10 +168,13 @@ def main(argv=None) -> list[dict]:
             order = torch.randperm(len(train[1]), generator=generator)
         batch, order = order[:args.batch_size], order[args.batch_size:]
         view1, _ = augment(train[0][batch], generator)
-        _, view2 = augment(train[0][partners(train[1], batch, args.positives, generator)], generator)
         set_learning_rate(optimizer, cosine_lr(step, args.steps, args.steps // 10, args.learning_rate))
-        loss = model(view1, view2, momentum=momentum_schedule(step, args.steps, config.momentum_base,
-                                                              config.momentum_final)).loss
+        if args.objective == "supervised":
+            loss = supervised_loss(model, view1, train[1][batch])
+        else:
+            _, view2 = augment(train[0][partners(train[1], batch, args.positives, generator)], generator)
+            loss = model(view1, view2, momentum=momentum_schedule(step, args.steps, config.momentum_base,
+                                                                  config.momentum_final)).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -258,6 +258,8 @@ def test_gpu_check_summary_maps_the_benchmark_results(tmp_path):
     ("demo_positives", ["--eval_every", "0"], "--eval_every must be >= 1"),
     ("demo_positives", ["--config_overrides", "{"], "--config_overrides is not valid JSON"),
     ("demo_positives", ["--positives", "labels"], "invalid choice: 'labels'"),
+    ("demo_positives", ["--objective", "supervised", "--positives", "random"],
+     "--positives random applies to --objective self_supervised only"),
 ])
 def test_benchmark_argument_errors_name_the_option(script, argv, message, capsys):
     bench = load_script(script)
@@ -303,6 +305,41 @@ def test_demo_positives_scores_validation_and_never_renders_test(tmp_path, monke
     n = len(parts["validation"])  # a score is a whole number of validation images
     assert all(abs(r[k] * n - round(r[k] * n)) < 1e-4 for r in records for k in ("knn", "linear_probe"))
     assert [json.loads(line) for line in output.read_text().splitlines()] == records
+
+
+def test_demo_positives_supervised_objective_trains_the_encoder_on_the_labels(monkeypatch):
+    bench = load_script("demo_positives")
+    seen = {}
+    supervised_loss = bench.supervised_loss
+
+    def spy(model, views, labels):  # the supervised step: one view per image and the labels of its train images
+        seen.setdefault("shapes", []).append((tuple(views.shape), tuple(labels.shape)))
+        loss = supervised_loss(model, views, labels)
+        expected = torch.nn.functional.cross_entropy(model.classifier(model.artstyle(views).pooler_output), labels)
+        assert torch.allclose(loss, expected)
+        return loss
+
+    monkeypatch.setattr(bench, "supervised_loss", spy)
+    before = {}
+    build = bench.build_optimizer
+
+    def capture(groups, *args, **kwargs):  # what the optimiser trains: the encoder and the head, no pretraining heads
+        before["params"] = [p for g in groups for p in g["params"]]
+        before["values"] = [p.detach().clone() for p in before["params"]]
+        return build(groups, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "build_optimizer", capture)
+    records = bench.main(["--objective", "supervised", "--steps", "2", "--eval_every", "2", "--num_images", "60",
+                          "--batch_size", "4", "--config_overrides", '{"backbone_depth": 1}'])
+    assert seen["shapes"] == [((4, 3, 64, 64), (4,))] * 2
+    assert [r["step"] for r in records] == [0, 2] and records[1]["objective"] == "supervised"
+    from artstyle import ArtStyleConfig
+    from artstyle.modeling_artstyle import ArtStyleForPretraining
+
+    encoder = ArtStyleForPretraining(ArtStyleConfig.tiny(backbone_depth=1)).artstyle  # as pretraining trains it
+    trainable = [p for p in encoder.parameters() if p.requires_grad]
+    assert len(before["params"]) == len(trainable) + 2  # + the head's weight and bias
+    assert any(not torch.equal(p, v) for p, v in zip(before["params"], before["values"]))
 
 
 # ---------------------------------------------------------------------------------------------- ablation
