@@ -154,7 +154,8 @@ def main(argv=None) -> list[dict]:
 
     def log(record):
         record.update(objective=args.objective, positives=args.positives, seed=args.seed, optimizer=args.optimizer,
-                      lr=args.learning_rate,
+                      lr=args.learning_rate, augmentation=args.augmentation,
+                      config_overrides=json.loads(args.config_overrides),
                       total_steps=args.steps, seconds=round(time.perf_counter() - start, 1))
         records.append(record)
         print(json.dumps(record), flush=True)
