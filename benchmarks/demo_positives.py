@@ -139,10 +139,8 @@ def main(argv=None) -> list[dict]:
     config = ArtStyleConfig.tiny(queue_size=210, **json.loads(args.config_overrides))  # as run_pretrain lowers it
     model = ArtStyleForPretraining(config).train()
     trained = model
-    if args.objective == "supervised":  # the encoder and a linear head on its read-out; no pretraining heads
-        with torch.no_grad():
-            dim = model.artstyle(torch.zeros(1, 3, config.image_size, config.image_size)).pooler_output.shape[-1]
-        model.classifier = torch.nn.Linear(dim, len(DEMO_STYLES))
+    if args.objective == "supervised":  # the same encoder init as the self-supervised runs, plus a linear head
+        model.classifier = torch.nn.Linear(model.artstyle.pooler_dim, len(DEMO_STYLES))
         trained = torch.nn.ModuleDict({"artstyle": model.artstyle, "classifier": model.classifier})
     optimizer = build_optimizer(param_groups_no_decay(trained, args.weight_decay), args.optimizer,
                                 lr=args.learning_rate)
