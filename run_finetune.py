@@ -41,7 +41,7 @@ from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
-from artstyle import ArtStyleForImageClassification, build_image_processor
+from artstyle import CONFIG_PRESETS, ArtStyleForImageClassification, build_image_processor
 from artstyle.evaluation import (
     SCALAR_METRICS,
     StyleData,
@@ -80,7 +80,6 @@ from artstyle.training.scaffold import (
 
 logger = logging.getLogger("run_finetune")
 
-CONFIG_PRESETS = ("tiny", "vit_small", "vit_base")
 # former config flags -> --config_overrides fields
 DEPRECATED_CONFIG_FLAGS = ("backbone_depth", "image_size", "drop_path_rate")
 FINETUNE_CONFIG_DEFAULTS = {"drop_path_rate": 0.1}  # applied unless --config_overrides sets them
@@ -98,7 +97,7 @@ class ModelArguments:
         metadata={"help": "Pretraining (or classifier) folder, Hub id, or 'none' to start from scratch."},
     )
     config_preset: str = field(
-        default="tiny", metadata={"help": f"Config preset when --model_name_or_path none: {CONFIG_PRESETS}."}
+        default="demo", metadata={"help": f"Config preset when --model_name_or_path none: {CONFIG_PRESETS}."}
     )
     config_name: str | None = field(
         default=None, metadata={"help": "A config.json (or a folder holding one) when --model_name_or_path none."})

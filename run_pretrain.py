@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Self-supervised pretraining of an artstyle model with Accelerate.
 
-    python run_pretrain.py                              # built-in demo data, tiny model, CPU: ~3 min
+    python run_pretrain.py                              # built-in demo data, demo model, CPU: ~3-7 min
     accelerate launch run_pretrain.py --dataset_name pandora18k --data_dir /data/Pandora18k \\
         --config_preset vit_small --per_device_train_batch_size 128 --num_train_epochs 100 \\
         --learning_rate 1.5e-4 --checkpointing_steps 1000 --resume_from_checkpoint latest --push_to_hub
@@ -89,7 +89,8 @@ DEPRECATED_CONFIG_FLAGS = ("weight_contrastive", "weight_layerwise", "weight_dis
 # --------------------------------------------------------------------------------------------- arguments
 @dataclass
 class ModelArguments:
-    config_preset: str = field(default="tiny", metadata={"help": "Model preset: tiny (64 px), vit_small or vit_base."})
+    config_preset: str = field(
+        default="demo", metadata={"help": "Model preset: demo (64 px, the demo), tiny (64 px), vit_small or vit_base."})
     config_name: str | None = field(
         default=None, metadata={"help": "A config.json (or a folder holding one) to use instead of --config_preset."})
     config_overrides: str | None = field(
@@ -148,10 +149,11 @@ class PretrainingArguments:
     output_dir: str = field(default="outputs/pretrain", metadata={"help": "Where the model, logs and checkpoints go."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow an output_dir with checkpoints."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Images per process per micro-batch."})
-    num_train_epochs: int = field(default=4, metadata={"help": "Epochs (ignored when --max_train_steps is set)."})
+    num_train_epochs: int = field(default=16, metadata={"help": "Epochs (ignored when --max_train_steps is set)."})
     max_train_steps: int | None = field(default=None, metadata={"help": "Total optimisation steps (overrides epochs)."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimisation step."})
-    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate (after warmup)."})
+    learning_rate: float = field(default=5e-4, metadata={"help": "Peak learning rate (after warmup; the demo's "
+                                                                        "default: MoCo v3 uses 1.5e-4 x batch / 256)."})
     min_learning_rate: float = field(default=0.0, metadata={"help": "Learning rate at the end of the cosine."})
     num_warmup_steps: int | None = field(default=None, metadata={"help": "Linear warmup steps (default: 10%% of "
                                                                           "the steps)."})

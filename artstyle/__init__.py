@@ -12,7 +12,7 @@ from transformers import (
     AutoModelForPreTraining,
 )
 
-from .configuration_artstyle import ArtStyleConfig
+from .configuration_artstyle import CONFIG_PRESETS, ArtStyleConfig
 from .modeling_artstyle import (
     ArtStyleForImageClassification,
     ArtStyleForPretraining,
@@ -36,6 +36,7 @@ ArtStyleForPretraining.register_for_auto_class("AutoModelForPreTraining")
 ArtStyleForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 
 __all__ = [
+    "CONFIG_PRESETS",
     "ArtStyleConfig",
     "ArtStyleModel",
     "ArtStyleForPretraining",

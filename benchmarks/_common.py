@@ -8,11 +8,13 @@ import json
 
 import torch
 
+from artstyle.configuration_artstyle import CONFIG_PRESETS
+
 
 def add_common_arguments(parser: argparse.ArgumentParser, batch_help: str) -> None:
     """Options every benchmark takes: model size, batch, device, precision, repetitions, threads, seed, JSON."""
     parser.add_argument("--config_preset", "--backbone", dest="config_preset", default="tiny",
-                        choices=["tiny", "vit_small", "vit_base"], help="ArtStyleConfig preset (backbone + heads).")
+                        choices=CONFIG_PRESETS, help="ArtStyleConfig preset (backbone + heads).")
     parser.add_argument("--image_size", type=int, default=None, help="Input size (default: the preset's).")
     parser.add_argument("--batch_size", type=int, default=32, help=batch_help)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

@@ -66,7 +66,7 @@ import sys
 import time
 from pathlib import Path
 
-from artstyle.configuration_artstyle import COMPONENTS
+from artstyle.configuration_artstyle import COMPONENTS, CONFIG_PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT_VERSION = 2
@@ -102,7 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, default=None, help="Pretraining wall-clock budget per run.")
     budget.add_argument("--max_steps", type=int, default=None, help="Pretraining steps per run.")
-    parser.add_argument("--config_preset", default="tiny", choices=["tiny", "vit_small", "vit_base"])
+    parser.add_argument("--config_preset", default="tiny", choices=CONFIG_PRESETS)
     parser.add_argument("--config_overrides", default=None,
                         help="JSON object of config fields applied to EVERY setting (e.g. image size, queue size).")
     parser.add_argument("--batch_size", type=int, default=None, help="Pretraining batch per process (profile's).")

@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from artstyle import diagnostics
+from artstyle.configuration_artstyle import CONFIG_PRESETS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--model_name_or_path", required=True,
                         help="Pretraining folder (ArtStyleForPretraining), or 'none' for a fresh model.")
-    parser.add_argument("--config_preset", default="tiny", choices=["tiny", "vit_small", "vit_base"],
+    parser.add_argument("--config_preset", default="tiny", choices=CONFIG_PRESETS,
                         help="Preset of the fresh model (--model_name_or_path none).")
     parser.add_argument("--config_overrides", default=None, help="JSON config fields of the fresh model.")
     parser.add_argument("--dataset", default="demo", help="load_style_dataset name: demo, imagefolder, ...")

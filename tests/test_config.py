@@ -59,6 +59,17 @@ def test_presets_and_roundtrip(tmp_path):
         assert getattr(loaded, key) == getattr(config, key)
 
 
+def test_demo_preset_is_tiny_on_a_smaller_backbone():
+    demo, tiny = ArtStyleConfig.from_preset("demo"), ArtStyleConfig.tiny()
+    assert (demo.backbone, demo.hidden_size, demo.num_blocks) == ("test_vit3", 96, 9)
+    differing = {k for k, v in demo.to_dict().items() if tiny.to_dict()[k] != v}
+    assert differing == {"backbone"}  # heads, image size, patch, queue: the tiny preset's
+    assert ArtStyleConfig.from_preset("demo", backbone_depth=2, queue_size=8).num_blocks == 2
+    assert ArtStyleConfig.from_preset("demo", backbone="vit_tiny_patch16_224").hidden_size == 192
+    with pytest.raises(ValueError, match=r"unknown preset 'micro'.*'demo'"):
+        ArtStyleConfig.from_preset("micro")
+
+
 def test_moco_v3_baseline_switches_components_off():
     baseline = tiny_config().moco_v3_baseline()
     assert (baseline.weight_layerwise, baseline.weight_distill, baseline.weight_gram) == (0, 0, 0)

@@ -346,3 +346,17 @@ def test_lp_ft_keeps_the_probe_when_no_epoch_beats_it(finetuned, demo_options, t
     assert epochs_only["best_epoch"] == 0 and epochs_only["eval_accuracy"] == -1.0
     chosen = load_file(tmp_path / "epochs" / "model.safetensors")
     assert not torch.equal(chosen["classifier.weight"], probe["classifier.weight"])
+
+
+def test_none_builds_the_model_run_pretrain_trains_by_default():
+    """`--model_name_or_path none` (the "no pretraining" row of the README) and run_pretrain.py's default must
+    build the same encoder, or the demo's comparison compares two models."""
+    import run_pretrain
+
+    pre_model_args, _, pre_train_args = run_pretrain.parse_args([])
+    model_args, _, _ = run_finetune.parse_args(["--model_name_or_path", "none"])
+    assert model_args.config_preset == pre_model_args.config_preset == "demo"
+    assert (pre_train_args.learning_rate, pre_train_args.num_train_epochs) == (5e-4, 16)
+    model = run_finetune.build_model(model_args, ["a", "b", "c"], multi_label=False)
+    assert (model.config.backbone, model.config.hidden_size, model.config.num_blocks) == ("test_vit3", 96, 9)
+    assert model.classifier.out_features == 3

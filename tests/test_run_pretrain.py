@@ -361,7 +361,7 @@ def test_deprecated_flag_names_still_work_with_a_warning():
 def test_moco_v3_baseline_flag_uses_the_config_method():
     model_args, _, _ = parse_args(["--moco_v3_baseline", "--config_overrides", "queue_size=128"])
     config = run_pretrain.build_config(model_args)
-    expected = run_pretrain.ArtStyleConfig.tiny(queue_size=128).moco_v3_baseline()
+    expected = run_pretrain.ArtStyleConfig.demo(queue_size=128).moco_v3_baseline()
     assert config.to_dict() == expected.to_dict()
     assert not any(config.components.values())
 
