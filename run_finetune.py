@@ -6,7 +6,7 @@ In the manner of Hugging Face's ``run_image_classification_no_trainer.py``, spli
     python run_finetune.py --linear_probe                    # frozen encoder, linear head
     python run_finetune.py --knn                             # weighted kNN on frozen features (DINO)
     python run_finetune.py --model_name_or_path none --config_overrides backbone_depth=2   # from scratch
-    accelerate launch run_finetune.py --dataset_name pandora18k --data_dir /data/pandora18k ...
+    accelerate launch run_finetune.py --dataset_name pandora18k --data_dir /data/pandora18k --learning_rate 1e-4 ...
 
 Modes:
 - full fine-tune (default): layer-wise LR decay (timm), mixup / cutmix with label smoothing (timm),
@@ -156,7 +156,9 @@ class FinetuneArguments:
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device (training)."})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Batch size per device (evaluation)."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Steps accumulated per update."})
-    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate (top layer)."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (top layer; the demo's "
+                                                                        "model, chosen on its validation split; "
+                                                                        "ViT-S/B at 224 px: about 1e-4)."})
     min_learning_rate: float = field(default=1e-6, metadata={"help": "Learning rate at the end of the cosine."})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay."})
     layer_decay: float = field(default=0.75, metadata={"help": "Layer-wise LR decay (1.0 = off)."})

@@ -354,9 +354,10 @@ def test_none_builds_the_model_run_pretrain_trains_by_default():
     import run_pretrain
 
     pre_model_args, _, pre_train_args = run_pretrain.parse_args([])
-    model_args, _, _ = run_finetune.parse_args(["--model_name_or_path", "none"])
+    model_args, _, train_args = run_finetune.parse_args(["--model_name_or_path", "none"])
     assert model_args.config_preset == pre_model_args.config_preset == "demo"
-    assert (pre_train_args.learning_rate, pre_train_args.num_train_epochs) == (5e-4, 16)
+    assert (pre_train_args.learning_rate, pre_train_args.num_train_epochs) == (5e-4, 16)  # README's table
+    assert (train_args.learning_rate, train_args.num_train_epochs) == (1e-3, 8)
     model = run_finetune.build_model(model_args, ["a", "b", "c"], multi_label=False)
     assert (model.config.backbone, model.config.hidden_size, model.config.num_blocks) == ("test_vit3", 96, 9)
     assert model.classifier.out_features == 3
