@@ -295,7 +295,9 @@ class ArtStyleConfig(PretrainedConfig):
         """The built-in demo's model on 2 CPU cores: the `tiny` preset's heads, 64 px, patch 8, on timm's
         ``test_vit3`` (96-dim, 9 blocks, 3 heads, 0.8 M parameters; ViT-tiny has 5.5 M). About four times
         cheaper per step than `tiny`, so the demo's few CPU minutes buy 416 pretraining steps instead of 104:
-        README.md, "Does pretraining help on the demo?"."""
+        README.md, "Does pretraining help on the demo?". timm builds ``test_vit3`` with one register token instead
+        of a class token, LayerScale (init 1e-5) and an attention-pooling head (``global_pool="map"``); the "CLS"
+        read-out is the backbone's own ``forward_head``, so under this preset it is that attention-pooled vector."""
         return cls.tiny(**{"backbone": "test_vit3", **overrides})
 
     @classmethod
