@@ -1,6 +1,7 @@
 """Which positive pairs could make pretraining beat a random encoder on the built-in demo? (issue 10, item 6)
 
-A diagnostic, not a training recipe. It pretrains the demo's model (tiny preset, batch 32, AdamW, the cosine
+A diagnostic, not a training recipe. It pretrains a demo model (``--config_preset``: ``tiny``, the demo's until the
+thirteenth CPU session and what the earlier records used, or ``demo``, the current one; batch 32, AdamW, the cosine
 learning rate with 10 % warmup and the teacher-momentum schedule of ``run_pretrain.py``) on the demo's train split
 and, every ``--eval_every`` steps, scores the frozen ``pooler_output`` on the validation split: the kNN of
 ``run_pretrain.py --eval_every`` (k 20, T 0.07, the train split as reference) and a linear probe
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from artstyle import ArtStyleConfig
+from artstyle import CONFIG_PRESETS, ArtStyleConfig
 from artstyle.data.common import split_fractions, stratified_split
 from artstyle.data.demo import DEMO_STYLES, DemoStyleConfig, demo_labels, render_demo_image
 from artstyle.evaluation import knn_classify
@@ -68,7 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--weight_decay", type=float, default=0.1)
     parser.add_argument("--optimizer", default="adamw", choices=("adamw", "lars"), help="as run_pretrain.py")
     parser.add_argument("--augmentation", default="moco_v3", choices=("moco_v3", "style_preserving"))
-    parser.add_argument("--config_overrides", default="{}", help="JSON object of ArtStyleConfig.tiny overrides")
+    parser.add_argument("--config_preset", default="tiny", choices=CONFIG_PRESETS,
+                        help="ArtStyleConfig preset (the records before it existed used tiny)")
+    parser.add_argument("--config_overrides", default="{}", help="JSON object of preset overrides")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num_images", type=int, default=DemoStyleConfig.num_images,
                         help="size of the demo set (the demo's default; 70 %% train, 15 %% validation)")
@@ -136,7 +139,8 @@ def evaluate(model, augment, train, val, step: int, loss: float | None, seed: in
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    config = ArtStyleConfig.tiny(queue_size=210, **json.loads(args.config_overrides))  # as run_pretrain lowers it
+    config = ArtStyleConfig.from_preset(  # queue 210: as run_pretrain lowers it for the demo
+        args.config_preset, **{"queue_size": 210, **json.loads(args.config_overrides)})
     model = ArtStyleForPretraining(config).train()
     trained = model
     if args.objective == "supervised":  # the same encoder init as the self-supervised runs, plus a linear head
@@ -153,7 +157,7 @@ def main(argv=None) -> list[dict]:
     def log(record):
         record.update(objective=args.objective, positives=args.positives, seed=args.seed, optimizer=args.optimizer,
                       lr=args.learning_rate, augmentation=args.augmentation,
-                      config_overrides=json.loads(args.config_overrides),
+                      config_preset=args.config_preset, config_overrides=json.loads(args.config_overrides),
                       total_steps=args.steps, seconds=round(time.perf_counter() - start, 1))
         records.append(record)
         print(json.dumps(record), flush=True)

@@ -334,6 +334,7 @@ def test_demo_positives_supervised_objective_trains_the_encoder_on_the_labels(mo
     assert seen["shapes"] == [((4, 3, 64, 64), (4,))] * 2
     assert [r["step"] for r in records] == [0, 2] and records[1]["objective"] == "supervised"
     assert records[1]["augmentation"] == "moco_v3" and records[1]["config_overrides"] == {"backbone_depth": 1}
+    assert records[1]["config_preset"] == "tiny"
     from artstyle import ArtStyleConfig
     from artstyle.modeling_artstyle import ArtStyleForPretraining
 
